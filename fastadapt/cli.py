@@ -1,0 +1,132 @@
+"""`fastadapt` command line: train, eval, lake, presets.
+
+User errors (bad settings, missing data, impossible episodes) print one line and exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import FastAdaptError
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastadapt", description="Meta-learning: train, evaluate and compare few-shot learners.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="meta-train a preset or YAML config (resumes an interrupted run)",
+                           description="Meta-train, then evaluate on the fixed test episodes. Running it again "
+                                       "on the same run folder resumes exactly where it stopped.")
+    train.add_argument("config", metavar="PRESET_OR_YAML_OR_RUN_DIR",
+                       help="a preset name (see `fastadapt presets`), a YAML file, or a run folder to resume")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set train.steps=500 (repeatable)")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/<preset name>)")
+    train.add_argument("--data-root", type=Path, help="data folder (default: $FASTADAPT_DATA, then the user cache)")
+    train.add_argument("--download", action="store_true", help="fetch missing datasets from their official URLs")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+
+    ev = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes (mean ± 95%% CI)")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ev.add_argument("--episodes", type=int, help="number of test episodes (default: the run's eval.episodes)")
+    ev.add_argument("--ways", type=int)
+    ev.add_argument("--shots", type=int)
+    ev.add_argument("--queries", type=int)
+    ev.add_argument("--seed", type=int, help="seed of the fixed test episodes (default: the run's eval.seed)")
+    ev.add_argument("--data-root", type=Path)
+
+    lake = sub.add_parser("lake", help="score a run on Lake et al.'s 20-run one-shot benchmark (all_runs.zip)")
+    lake.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    lake.add_argument("--data-root", type=Path)
+
+    sub.add_parser("presets", help="list the shipped presets")
+    return parser
+
+
+def _train(args) -> int:
+    from .config import apply_overrides, config_from_dict, load_raw
+    from .trainer import Trainer
+
+    source = Path(args.config)
+    if source.is_dir():
+        if not (source / "config.yaml").is_file():
+            raise FastAdaptError(f"{source} is a folder without config.yaml; give a preset name, a YAML file or a run folder")
+        if args.out and args.out.resolve() != source.resolve():
+            raise FastAdaptError(f"resuming {source}: --out {args.out} names another folder; drop --out")
+        run_dir, raw = source, load_raw(str(source / "config.yaml"))
+    else:
+        raw = load_raw(args.config)
+        run_dir = None
+    config = config_from_dict(apply_overrides(raw, args.overrides))
+    run_dir = run_dir or args.out or Path("runs") / config.name
+    if (run_dir / "eval.json").exists() and (run_dir / "checkpoints" / "latest.json").exists():
+        done = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"]
+        if done >= config.train.steps:
+            print(f"{run_dir} is complete ({done} steps); its result:")
+            _print_result(json.loads((run_dir / "eval.json").read_text()))
+            return 0
+    trainer = Trainer(config, run_dir, data_root=args.data_root, quiet=args.quiet, download=args.download)
+    result = trainer.fit()
+    _print_result(result)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def _print_result(result: dict) -> None:
+    metric = "accuracy" if "accuracy" in result else "mse"
+    value, ci = result[metric], result["ci95"]
+    shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric == "accuracy" else f"{value:.4f} ± {ci:.4f}"
+    task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
+    print(f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
+          f"{result['episodes']} episodes, seed {result['seed']}, BN {result['bn_mode']})")
+
+
+def _eval(args) -> int:
+    from .trainer import evaluate_run
+    result = evaluate_run(args.run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
+                          episodes=args.episodes, seed=args.seed, data_root=args.data_root)
+    _print_result(result)
+    return 0
+
+
+def _lake(args) -> int:
+    from .lake import lake_benchmark
+    result = lake_benchmark(args.run_dir, data_root=args.data_root)
+    print(f"Lake 20-run one-shot benchmark: accuracy {100 * result['accuracy']:.2f}% "
+          f"(mean error {result['mean_error']:.2f}% over 20 runs, {result['trials']} trials)")
+    if not result["clean"]:
+        print(f"warning: this run trained on split {result['train_split']!r}, which contains characters of "
+              f"the evaluation alphabets the benchmark uses; train on 'background' for a clean score", file=sys.stderr)
+    return 0
+
+
+def _presets(args) -> int:
+    from .config import load_config, preset_names
+    for name in preset_names():
+        config = load_config(name)
+        t = config.train
+        episodes = f"{t.episodes.ways}-way " if t.episodes.ways else ""
+        print(f"{name:28s} {config.learner.name:8s} {config.data.dataset:9s} train {episodes}{t.episodes.shots}-shot, "
+              f"{t.steps} steps x {t.meta_batch} | {config.description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"train": _train, "eval": _eval, "lake": _lake, "presets": _presets}[args.command]
+    try:
+        return handler(args)
+    except FastAdaptError as exc:
+        print(f"fastadapt {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Run configuration: YAML presets, `--set key=value` overrides, strict validation.
+
+A config is a tree of dataclasses, so a typo (`train.stpes`) or a wrong type is a clear one-line
+error naming the key, instead of a silently ignored setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import FastAdaptError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "omniglot"
+    image_size: int = 28
+    train_split: str = "train"
+    val_split: str | None = "val"  # None: no validation, the last checkpoint is the result
+    test_split: str = "test"
+
+
+@dataclass
+class EpisodeConfig:
+    ways: int | None = 5  # None for regression
+    shots: int = 1
+    queries: int = 15
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    meta_batch: int = 1
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | step | cosine
+    lr_step: int = 2000  # step schedule: multiply by lr_gamma every lr_step steps
+    lr_gamma: float = 0.5
+    val_every: int = 500
+    val_episodes: int = 200
+    checkpoint_every: int = 250
+    log_every: int = 50
+    engine: str = "auto"  # auto | serial | fork (see fastadapt.engine)
+    workers: int = 0  # fork engine processes; 0 = one per core
+    device: str = "auto"  # auto | cpu | cuda[:N]
+
+
+@dataclass
+class EvalConfig:
+    ways: int | None = 5
+    shots: int = 1
+    queries: int = 15
+    episodes: int = 1000
+    seed: int = 1234  # fixes the test episodes; shared by every method for comparable results
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "conv4"
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    channels_last: bool | None = None  # NHWC convolutions; None = on CPU (measured faster there)
+
+
+@dataclass
+class LearnerConfig:
+    name: str = "protonet"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    description: str = ""
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    reference: dict[str, Any] = field(default_factory=dict)  # the paper's numbers, for tables
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise FastAdaptError(f"{where} must be a mapping of settings, got {value!r}")
+        return _build(hint, value, where)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise FastAdaptError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads 1e-3 as a string
+        except ValueError:
+            pass
+    if hint in (int, str, bool, float) and not (isinstance(value, hint) and
+                                                 not (hint is int and isinstance(value, bool))):
+        raise FastAdaptError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise FastAdaptError(f"unknown setting {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    return _build(Config, values, "")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("fastadapt.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict:
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise FastAdaptError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise FastAdaptError(f"{where} must hold a mapping of settings at top level")
+    return values
+
+
+def load_raw(preset_or_path: str) -> dict:
+    """Settings of a shipped preset (by name) or a YAML file (by path)."""
+    path = Path(preset_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FastAdaptError(f"config file {path} does not exist; give a preset name "
+                                 f"({', '.join(preset_names())}) or a YAML path")
+        return _read_yaml(path.read_text(), str(path))
+    resource = resources.files("fastadapt.presets") / f"{preset_or_path}.yaml"
+    if not resource.is_file():
+        raise FastAdaptError(f"no preset or file named {preset_or_path!r}; presets: "
+                             f"{', '.join(preset_names())} (see `fastadapt presets`)")
+    return _read_yaml(resource.read_text(), f"preset {preset_or_path}")
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` strings; values are parsed as YAML (numbers, lists, null, ...)."""
+    values = yaml.safe_load(yaml.safe_dump(values))  # deep copy
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise FastAdaptError(f"--set {item!r} is not key=value (e.g. --set train.steps=500)")
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FastAdaptError(f"--set {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return values
+
+
+def load_config(preset_or_path: str, overrides: list[str] | None = None) -> Config:
+    return config_from_dict(apply_overrides(load_raw(preset_or_path), overrides or []))

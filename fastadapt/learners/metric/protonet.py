@@ -1,0 +1,54 @@
+"""Prototypical Networks (Snell et al., 2017): classify queries by squared Euclidean distance
+to the mean embedding (prototype) of each class's support examples."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.episode import Episode
+from ...registry import LEARNERS
+from ..base import Learner
+
+
+def prototypes(support_embeddings: torch.Tensor, ways: int) -> torch.Tensor:
+    """Class means of a class-major support set: (ways*shots, D) -> (ways, D)."""
+    return support_embeddings.view(ways, -1, support_embeddings.shape[-1]).mean(1)
+
+
+def squared_euclidean_logits(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """-||q - c||^2 for every query/prototype pair: (Q, D), (N, D) -> (Q, N). Written as a
+    difference, not via cdist/expansion, so close points do not lose precision."""
+    return -(queries.unsqueeze(1) - protos.unsqueeze(0)).pow(2).sum(-1)
+
+
+@LEARNERS.register("protonet")
+class ProtoNet(Learner):
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        # Running BatchNorm averages are module state that a forward pass mutates.
+        self.stateless = not any(getattr(m, "track_running_stats", False) for m in backbone.modules())
+
+    @classmethod
+    def build(cls, backbone: nn.Module, ways: int | None) -> "ProtoNet":
+        return cls(backbone)
+
+    def logits(self, episode: Episode) -> torch.Tensor:
+        # One forward over support and query together, as in the reference implementation.
+        n_support = episode.support_x.shape[0]
+        z = self.backbone(torch.cat([episode.support_x, episode.query_x]))
+        return squared_euclidean_logits(z[n_support:], prototypes(z[:n_support], episode.ways))
+
+    def task_loss(self, episode: Episode):
+        logits = self.logits(episode)
+        loss = F.cross_entropy(logits, episode.query_y)
+        accuracy = (logits.argmax(-1) == episode.query_y).float().mean()
+        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        with torch.no_grad():
+            return self.logits(episode)
+
+    def describe(self) -> dict:
+        return {"bn_mode": getattr(self.backbone, "bn", "none"), "distance": "squared_euclidean"}

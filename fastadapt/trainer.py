@@ -1,0 +1,241 @@
+"""The one trainer for every learner: meta-batches in, checkpoints and results out.
+
+Exact resume: a task is a pure function of its index (step * meta_batch + i), and the
+checkpoint holds everything else that changes during training (weights, optimiser, scheduler,
+RNG states, the partial logging window, history, best score). A run resumed from any checkpoint
+ends with the same weights and metrics as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .config import Config, config_from_dict
+from .engine import make_engine
+from .errors import FastAdaptError
+from .evaluate import better, evaluate
+from .learners import build_learner
+from .progress import Progress
+from .registry import BACKBONES, DATASETS, LEARNERS
+from .report import plot_learning_curve, write_metrics_csv
+from .tasks import build_suite, move
+from .utils import atomic_write_text, machine_info, resolve_device
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if cfg.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
+    raise FastAdaptError(f"unknown train.lr_schedule {cfg.lr_schedule!r}; choose constant, step or cosine")
+
+
+def _optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+    raise FastAdaptError(f"unknown train.optimizer {cfg.optimizer!r}; choose adam or sgd")
+
+
+class Trainer:
+    def __init__(self, config: Config, run_dir: str | Path, data_root: str | Path | None = None,
+                 quiet: bool = False, download: bool = False):
+        self.config, self.run_dir, self.data_root, self.quiet = config, Path(run_dir), data_root, quiet
+        _validate(config)
+        _seed_everything(config.seed)
+        self.device = resolve_device(config.train.device)
+        self.suite = build_suite(config, data_root, download)
+        channels_last = config.model.channels_last
+        if channels_last is None:
+            channels_last = self.device.type == "cpu"
+        self.learner = build_learner(config, self.suite.input_shape, channels_last).to(self.device)
+        self.optimizer = _optimizer(self.learner.parameters(), config.train)
+        self.scheduler = _scheduler(self.optimizer, config.train)
+        self.state = {"step": 0, "history": [], "best": None, "best_step": None, "elapsed": 0.0,
+                      "window": {"n": 0, "loss": 0.0, "metric": 0.0}}
+
+    # -- run folder -------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        config_path = self.run_dir / "config.yaml"
+        wanted = self.config.to_dict()
+        if config_path.exists():
+            existing = config_from_dict(yaml.safe_load(config_path.read_text())).to_dict()
+            if existing != wanted:
+                changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
+                raise FastAdaptError(f"run folder {self.run_dir} holds a run with other settings "
+                                     f"(differs in: {', '.join(changed)}); resume it with the same "
+                                     f"settings or choose a new --out")
+        else:
+            atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
+
+    def _resume(self) -> None:
+        state = load_checkpoint(self.run_dir, self.learner)
+        if state is None:
+            return
+        self.optimizer.load_state_dict(state.pop("optimizer"))
+        self.scheduler.load_state_dict(state.pop("scheduler"))
+        rng = state.pop("rng")
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        self.state = state
+        self._log(f"resumed {self.run_dir} at step {state['step']}")
+
+    def _checkpoint(self) -> None:
+        state = dict(self.state, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                     rng={"python": random.getstate(), "numpy": np.random.get_state(),
+                          "torch": torch.get_rng_state()})
+        save_checkpoint(self.run_dir, self.state["step"], self.learner, state)
+
+    def _log(self, message: str) -> None:
+        if not self.quiet:
+            print(message, flush=True)
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(self, stop_after: int | None = None) -> dict | None:
+        """Train to `train.steps` (resuming if the run folder has a checkpoint), then evaluate
+        the selected checkpoint on the fixed test episodes. `stop_after` ends early, right
+        after the checkpoint at that step (an interruption, for tests)."""
+        cfg = self.config.train
+        self._prepare_run_dir()
+        self._resume()
+        val_set = None
+        if self.config.data.val_split:
+            e = self.config.eval
+            val_set = self.suite.fixed_set(self.config.data.val_split, e.ways, e.shots, e.queries,
+                                           cfg.val_episodes, e.seed + 1)
+        engine = make_engine(cfg.engine, self.learner, self.device, cfg.meta_batch, cfg.workers)
+        self._log(f"{self.config.name}: {type(self.learner).__name__} on {self.config.data.dataset}, "
+                  f"{cfg.steps} steps x {cfg.meta_batch} tasks, engine={engine.name}, device={self.device}")
+        metric = self.learner.primary_metric
+        started = time.perf_counter() - self.state["elapsed"]
+        self.learner.train()
+        try:
+            with Progress(cfg.steps, self.state["step"], enabled=not self.quiet) as progress:
+                while self.state["step"] < cfg.steps:
+                    step = self.state["step"]
+                    tasks = [move(self.suite.train_task(step * cfg.meta_batch + i), self.device)
+                             for i in range(cfg.meta_batch)]
+                    self.optimizer.zero_grad(set_to_none=True)
+                    task_metrics = engine.meta_gradient(self.learner, tasks)
+                    self.optimizer.step()
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    self.scheduler.step()
+                    self.state["step"] = step = step + 1
+                    window = self.state["window"]
+                    window["n"] += len(task_metrics)
+                    window["loss"] += sum(m["loss"] for m in task_metrics)
+                    window["metric"] += sum(m.get(metric, m["loss"]) for m in task_metrics)
+                    row = None
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        row = {"step": step, "lr": lr, "train_loss": window["loss"] / window["n"],
+                               "train_metric": window["metric"] / window["n"]}
+                        self.state["window"] = {"n": 0, "loss": 0.0, "metric": 0.0}
+                    if val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                        result = evaluate(self.learner, val_set, self.device)
+                        row = dict(row or {"step": step, "lr": lr}, val_metric=result["mean"], val_ci95=result["ci95"])
+                        if better(metric, result["mean"], self.state["best"]):
+                            self.state["best"], self.state["best_step"] = result["mean"], step
+                            save_weights(self.run_dir / "best.safetensors", self.learner, {"step": step})
+                    if row is not None:
+                        self.state["elapsed"] = time.perf_counter() - started
+                        row["elapsed_s"] = round(self.state["elapsed"], 2)
+                        self.state["history"].append(row)
+                        write_metrics_csv(self.run_dir / "metrics.csv", self.state["history"])
+                        progress.update(step, row, metric)
+                    if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                        self.state["elapsed"] = time.perf_counter() - started
+                        self._checkpoint()
+                        if stop_after is not None and step >= stop_after and step < cfg.steps:
+                            return None
+                    progress.advance(step)
+        finally:
+            engine.close()
+        if val_set is None:
+            save_weights(self.run_dir / "best.safetensors", self.learner, {"step": self.state["step"]})
+            self.state["best_step"] = self.state["step"]
+        plot_learning_curve(self.run_dir / "curve.png", self.state["history"], metric,
+                            f"{self.config.name} ({type(self.learner).__name__})")
+        return evaluate_run(self.run_dir, data_root=self.data_root, quiet=self.quiet, trainer=self)
+
+
+def _validate(config: Config) -> None:
+    """Fail fast, before any data is loaded."""
+    LEARNERS.get(config.learner.name)
+    BACKBONES.get(config.model.backbone)
+    DATASETS.get(config.data.dataset)
+    t = config.train
+    for name in ("steps", "meta_batch", "val_every", "checkpoint_every", "log_every", "val_episodes"):
+        if getattr(t, name) < 1:
+            raise FastAdaptError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if config.eval.episodes < 1:
+        raise FastAdaptError(f"eval.episodes must be >= 1, got {config.eval.episodes}")
+
+
+def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer:
+    """A trainer for an existing run folder, with the selected (best or last) weights loaded."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FastAdaptError(f"{run_dir} is not a run folder (no config.yaml); give the --out folder of a `fastadapt train` run")
+    if not (run_dir / "best.safetensors").is_file():
+        raise FastAdaptError(f"{run_dir} has no trained weights yet (best.safetensors); finish or resume "
+                             f"training with `fastadapt train {run_dir}`")
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    trainer = Trainer(config, run_dir, data_root=data_root, quiet=quiet)
+    trainer._resume()  # the trainer state: steps done, selected step, training time
+    load_weights(run_dir / "best.safetensors", trainer.learner)
+    return trainer
+
+
+def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | None = None,
+                 queries: int | None = None, episodes: int | None = None, seed: int | None = None,
+                 data_root=None, quiet: bool = True, trainer: Trainer | None = None) -> dict:
+    """Evaluate a run's selected weights on a fixed, seeded test set; write eval JSON + episodes."""
+    run_dir = Path(run_dir)
+    if trainer is None:
+        trainer = load_run(run_dir, data_root=data_root, quiet=quiet)
+    else:
+        load_weights(run_dir / "best.safetensors", trainer.learner)
+    config, learner = trainer.config, trainer.learner
+    e = config.eval
+    ways = e.ways if ways is None else ways
+    shots, queries = shots or e.shots, queries or e.queries
+    episodes, seed = episodes or e.episodes, e.seed if seed is None else seed
+    if learner.needs_head and learner.problem == "classification" and ways != config.train.episodes.ways:
+        raise FastAdaptError(f"{config.learner.name} was trained {config.train.episodes.ways}-way and its head has that "
+                             f"many outputs; evaluate with --ways {config.train.episodes.ways}")
+    test_set = trainer.suite.fixed_set(config.data.test_split, ways, shots, queries, episodes, seed)
+    tag = f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}" if ways else f"{shots}shot{queries}q-{episodes}ep-seed{seed}"
+    test_set.save(run_dir / "episodes" / f"test-{tag}.npz")
+    result = evaluate(learner, test_set, trainer.device)
+    record = {
+        "preset": config.name, "method": config.learner.name, "dataset": config.data.dataset,
+        "split": config.data.test_split, "ways": ways, "shots": shots, "queries": queries,
+        "episodes": episodes, "seed": seed, result["metric"]: result["mean"], "ci95": result["ci95"],
+        "std": result["std"], "learner": learner.describe(),
+        "bn_mode": learner.describe().get("bn_mode", "none"),
+        "train_steps": trainer.state["step"], "selected_step": trainer.state["best_step"],
+        "eval_seconds": round(result["seconds"], 2), "train_seconds": round(trainer.state["elapsed"], 2),
+        "episodes_file": f"episodes/test-{tag}.npz", "machine": machine_info(trainer.device),
+        "reference": config.reference, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    name = "eval.json" if (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) \
+        else f"eval-{tag}.json"
+    atomic_write_text(run_dir / name, json.dumps(record, indent=2))
+    return record
