@@ -11,7 +11,15 @@ from fastadapt.engine import ForkEngine, SerialEngine
 from fastadapt.learners.optimization.maml import FOMAML, MAML, adapt
 from fastadapt.models.backbones import Conv4
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Gradient checks in double precision; restored so other test modules are unaffected."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def linear_task(seed, n_support=6, n_query=8, dim=3):
