@@ -11,18 +11,18 @@ from fastadapt.learners.metric.protonet import ProtoNet
 
 def test_protonet_logits_by_hand():
     # Identity embedding: 2 ways x 2 shots in 2-D, class-major.
-    support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0]])
-    query = torch.tensor([[1.0, 1.0], [0.0, 5.0]])
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0]], dtype=torch.float64)
+    query = torch.tensor([[1.0, 1.0], [0.0, 5.0]], dtype=torch.float64)
     episode = Episode(support, torch.tensor([0, 0, 1, 1]), query, torch.tensor([0, 1]), ways=2, shots=2)
     learner = ProtoNet(nn.Identity())
     # prototypes: (1, 0) and (0, 5)
     # query (1,1): d0 = 0 + 1 = 1, d1 = 1 + 16 = 17; query (0,5): d0 = 1 + 25 = 26, d1 = 0
-    expected = torch.tensor([[-1.0, -17.0], [-26.0, -0.0]])
+    expected = torch.tensor([[-1.0, -17.0], [-26.0, -0.0]], dtype=torch.float64)
     torch.testing.assert_close(learner.predict(episode), expected)
     loss, metrics = learner.task_loss(episode)
     by_hand = -(math.log(math.exp(-1) / (math.exp(-1) + math.exp(-17)))
                 + math.log(1 / (1 + math.exp(-26)))) / 2
-    assert math.isclose(loss.item(), by_hand, rel_tol=1e-6)
+    assert math.isclose(loss.item(), by_hand, rel_tol=1e-9)
     assert metrics["accuracy"] == 1.0
 
 
