@@ -46,6 +46,8 @@ def load_checkpoint(run_dir: Path, module: torch.nn.Module) -> dict | None:
     pointer = Path(run_dir) / "checkpoints" / "latest.json"
     if not pointer.exists():
         return None
+    for stale in pointer.parent.glob(".*.tmp"):  # half-written files of a killed process
+        stale.unlink(missing_ok=True)
     stem = json.loads(pointer.read_text())["stem"]
     load_weights(pointer.parent / f"{stem}.safetensors", module)
     return torch.load(pointer.parent / f"{stem}.pt", weights_only=False)

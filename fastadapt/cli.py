@@ -1,4 +1,4 @@
-"""`fastadapt` command line: train, eval, lake, presets.
+"""`fastadapt` command line: train, eval, lake, presets, results.
 
 User errors (bad settings, missing data, impossible episodes) print one line and exit with 2.
 """
@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     lake.add_argument("--data-root", type=Path)
 
     sub.add_parser("presets", help="list the shipped presets")
+
+    results = sub.add_parser("results", help="markdown results table from run folders")
+    results.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    results.add_argument("--out", type=Path, help="also write the table to this file")
     return parser
 
 
@@ -115,9 +119,19 @@ def _presets(args) -> int:
     return 0
 
 
+def _results(args) -> int:
+    from .results import results_table
+    from .utils import atomic_write_text
+    table = results_table(args.run_dirs)
+    print(table, end="")
+    if args.out:
+        atomic_write_text(args.out, table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "eval": _eval, "lake": _lake, "presets": _presets}[args.command]
+    handler = {"train": _train, "eval": _eval, "lake": _lake, "presets": _presets, "results": _results}[args.command]
     try:
         return handler(args)
     except FastAdaptError as exc:

@@ -131,7 +131,7 @@ class ForkEngine:
         return ordered
 
     def close(self) -> None:
-        for process, conn, _ in self.children:
+        for process, conn, _ in getattr(self, "children", []):
             try:
                 conn.send(None)
             except (BrokenPipeError, OSError):

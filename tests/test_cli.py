@@ -76,3 +76,9 @@ def test_train_eval_and_lake_on_a_background_run(real_data_root, tmp_path, capsy
     lake = json.loads((run / "lake.json").read_text())
     assert lake["trials"] == 400 and lake["clean"] and 0.0 <= lake["accuracy"] <= 1.0
     assert "Lake 20-run" in out.out and "warning" not in out.err
+
+    assert main(["results", str(run), "--out", str(tmp_path / "RESULTS.md")]) == 0
+    table = (tmp_path / "RESULTS.md").read_text()
+    main_record = json.loads((run / "eval.json").read_text())
+    assert f"{100 * main_record['accuracy']:.2f} ± {100 * main_record['ci95']:.2f}" in table
+    assert f"| {100 * lake['accuracy']:.2f} |" in table and table.count("\n") == 2 + 3  # header + 3 rows
