@@ -3,7 +3,7 @@
 Conv-4 (64 channels, transductive BN), 28x28 Omniglot-shaped 5-way 1-shot episodes with 15
 queries per class, one inner step (lr 0.4), meta-batch 32, Adam. Both sides train the same
 module on the same tasks. Each measurement runs in a fresh forked child so that its peak
-memory (RSS growth of the child and its workers) is its own; the two sides alternate over
+memory (peak RSS growth of the child and its engine workers during a step) is its own; the two sides alternate over
 several rounds and the median is reported, since this machine is noisy.
 
 Prints one JSON line: fastadapt_tasks_per_s, higher_tasks_per_s, ratio, fastadapt_peak_mb,
@@ -15,7 +15,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import time
@@ -39,9 +38,17 @@ def make_tasks(n, ways, shots, queries, size, seed=0):
                     ways=ways, shots=shots) for _ in range(n)]
 
 
-def rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status_mb(pid: int, field: str) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _reset_peak(pid: int) -> None:
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (peak RSS) to the current RSS
 
 
 def fastadapt_steps(args, tasks, steps):
@@ -55,8 +62,9 @@ def fastadapt_steps(args, tasks, steps):
         optimizer.zero_grad(set_to_none=True)
         engine.meta_gradient(learner, tasks)
         optimizer.step()
+    workers = [process.pid for process, _, _ in getattr(engine, "children", [])]
     try:
-        return _time(step, steps) + (engine.name,)
+        return _time(step, steps, workers) + (engine.name,)
     finally:
         engine.close()
 
@@ -79,18 +87,21 @@ def higher_steps(args, tasks, steps):
     return _time(step, steps) + ("higher.innerloop_ctx",)
 
 
-def _time(step, steps):
-    step()  # warm-up (allocator, oneDNN primitive cache, worker start)
-    base = rss_mb()
+def _time(step, steps, workers=()):
+    """Median seconds per meta-batch, and peak memory of a step: the growth of peak RSS over the
+    resident set before the first step, summed over this process and its engine workers."""
+    pids = [os.getpid(), *workers]
+    base = sum(_status_mb(pid, "VmRSS") for pid in pids)
+    for pid in pids:
+        _reset_peak(pid)
+    step()  # warm-up (allocator, oneDNN primitive cache), not timed
     times = []
     for _ in range(steps):
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    # Peak growth over the timed steps: this process, plus worker processes' peak if any.
-    return statistics.median(times), max(own - base, 0.0) + (workers if workers else 0.0)
+    peak = sum(_status_mb(pid, "VmHWM") for pid in pids)
+    return statistics.median(times), max(peak - base, 0.0)
 
 
 def _child(fn, args, conn):

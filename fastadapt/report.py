@@ -19,7 +19,7 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def plot_learning_curve(path: Path, history: list[dict], metric: str, title: str) -> None:
+def plot_learning_curve(path: Path, history: list[dict], metric: str, title: str, train_label: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -31,7 +31,7 @@ def plot_learning_curve(path: Path, history: list[dict], metric: str, title: str
     train = [(r["step"], r["train_metric"]) for r in history if r.get("train_metric") is not None]
     val = [(r["step"], r["val_metric"], r["val_ci95"]) for r in history if r.get("val_metric") is not None]
     if train:
-        ax_metric.plot(*zip(*train), label=f"train {metric}", alpha=0.7)
+        ax_metric.plot(*zip(*train), label=f"train {metric} {train_label}".strip(), alpha=0.7)
     if val:
         s, m, c = zip(*val)
         ax_metric.errorbar(s, m, yerr=c, marker="o", capsize=3, label=f"validation {metric} (95% CI)")

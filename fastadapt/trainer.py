@@ -170,8 +170,10 @@ class Trainer:
         if val_set is None:
             save_weights(self.run_dir / "best.safetensors", self.learner, {"step": self.state["step"]})
             self.state["best_step"] = self.state["step"]
+        e = cfg.episodes
+        shape = f"({e.ways}-way {e.shots}-shot episodes)" if e.ways else f"({e.shots}-shot tasks)"
         plot_learning_curve(self.run_dir / "curve.png", self.state["history"], metric,
-                            f"{self.config.name} ({type(self.learner).__name__})")
+                            f"{self.config.name} ({type(self.learner).__name__})", shape)
         return evaluate_run(self.run_dir, data_root=self.data_root, quiet=self.quiet, trainer=self)
 
 

@@ -1,0 +1,82 @@
+"""Config parsing and validation, engine choice, atomic writes."""
+import pytest
+import torch
+
+from fastadapt.config import apply_overrides, load_config, load_raw, preset_names
+from fastadapt.engine import ForkEngine, SerialEngine, make_engine
+from fastadapt.errors import FastAdaptError
+from fastadapt.learners.metric.protonet import ProtoNet
+from fastadapt.learners.optimization.maml import MAML
+from fastadapt.models.backbones import Conv4
+from fastadapt.utils import atomic_write
+
+
+def test_every_preset_parses_and_names_registered_parts():
+    from fastadapt.registry import BACKBONES, DATASETS, LEARNERS
+    for name in preset_names():
+        config = load_config(name)
+        assert config.name == name
+        assert config.learner.name in LEARNERS and config.model.backbone in BACKBONES
+        assert config.data.dataset in DATASETS
+
+
+def test_overrides_parse_yaml_values_and_nested_keys():
+    config = load_config("maml-omniglot-5w1s", ["train.lr=1e-4", "data.val_split=null", "learner.args.inner_steps=5",
+                                                "train.episodes.ways=20"])
+    assert config.train.lr == pytest.approx(1e-4) and isinstance(config.train.lr, float)
+    assert config.data.val_split is None
+    assert config.learner.args["inner_steps"] == 5 and config.train.episodes.ways == 20
+    # The preset's other settings survive, and the raw preset is not mutated.
+    assert config.train.meta_batch == 32
+    assert load_raw("maml-omniglot-5w1s")["train"]["lr"] == 0.001
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.episodes.wayz=3", "unknown setting train.episodes.wayz"),
+    ("train.meta_batch=1.5", "train.meta_batch must be int"),
+    ("train.episodes=3", "train.episodes must be a mapping"),
+    ("eval.seed=true", "eval.seed must be int"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(FastAdaptError, match=message):
+        load_config("protonet-omniglot-quick", [override])
+
+
+def test_yaml_file_and_bad_yaml(tmp_path):
+    good = tmp_path / "mine.yaml"
+    good.write_text("name: mine\nlearner: {name: maml}\ntrain: {steps: 7}\n")
+    config = load_config(str(good))
+    assert (config.name, config.learner.name, config.train.steps) == ("mine", "maml", 7)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(FastAdaptError, match="not valid YAML"):
+        load_config(str(bad))
+
+
+def test_auto_engine_choice():
+    cpu = torch.device("cpu")
+    assert isinstance(make_engine("auto", ProtoNet(Conv4(bn="inductive")), cpu, 4, 2), SerialEngine)
+    maml = MAML(Conv4(out_features=5, hidden=4))
+    assert isinstance(make_engine("auto", maml, cpu, 1, 2), SerialEngine)
+    engine = make_engine("auto", maml, cpu, 8, 2)
+    try:
+        assert isinstance(engine, ForkEngine) and engine.workers == 2
+    finally:
+        engine.close()
+    with pytest.raises(FastAdaptError, match="stateless"):
+        make_engine("fork", ProtoNet(Conv4(bn="inductive")), cpu, 4, 2)
+    with pytest.raises(FastAdaptError, match="unknown engine"):
+        make_engine("turbo", maml, cpu, 4, 2)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "state.bin"
+    target.write_bytes(b"old")
+
+    def failing(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
