@@ -85,6 +85,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     reference: dict[str, Any] = field(default_factory=dict)  # the paper's numbers, for tables
+    overrides: list[str] = field(default_factory=list)  # the --set items applied to the preset
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +107,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise FastAdaptError(f"{where} must be a mapping, got {value!r}")
         return dict(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise FastAdaptError(f"{where} must be a list, got {value!r}")
+        return list(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
@@ -164,8 +169,10 @@ def load_raw(preset_or_path: str) -> dict:
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` strings; values are parsed as YAML (numbers, lists, null, ...)."""
+    """Apply `key.sub=value` strings; values are parsed as YAML (numbers, lists, null, ...).
+    The strings are recorded under `overrides`, so results show how a run departs from its preset."""
     values = yaml.safe_load(yaml.safe_dump(values))  # deep copy
+    values["overrides"] = list(values.get("overrides") or []) + list(overrides)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:

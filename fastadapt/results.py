@@ -34,14 +34,15 @@ def _row(r: dict) -> str:
     reference = r.get("reference", {}).get(metric)
     reference = "–" if reference is None else (f"{100 * reference:.1f}" if metric == "accuracy" else f"{reference}")
     minutes = (r.get("train_seconds") or 0) / 60
+    preset = " ".join([r["preset"]] + [f"`{o}`" for o in r.get("overrides", [])])
     machine = f"{r['machine']['cores']}-core {r['machine']['device']}"
     return (f"| {r['method']} | {r['dataset']} {task} ({r['episodes']} ep.) | {value} | {reference} | "
-            f"{r['train_steps']} | {minutes:.1f} | {machine} | {r['preset']} | {r['run']} |")
+            f"{r['train_steps']} | {minutes:.1f} | {machine} | {preset} | {r['run']} |")
 
 
 def results_table(run_dirs: list[str | Path]) -> str:
     """Markdown table: method, benchmark, metric ± 95% CI (accuracy in %, or MSE), paper value,
     training steps, training minutes, machine, preset and run folder."""
-    header = ("| method | benchmark | result ± 95% CI | paper | steps | train min | machine | preset | run |\n"
+    header = ("| method | benchmark | result ± 95% CI | paper | steps | train min | machine | preset and overrides | run |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     return "\n".join([header] + [_row(r) for r in _records([Path(d) for d in run_dirs])]) + "\n"

@@ -190,6 +190,13 @@ def _validate(config: Config) -> None:
         raise FastAdaptError(f"eval.episodes must be >= 1, got {config.eval.episodes}")
 
 
+def _applicable_reference(config: Config, ways, shots) -> dict:
+    """The paper's number applies only to the preset's own test setting and data."""
+    own_test = (ways, shots) == (config.eval.ways, config.eval.shots)
+    changed = any(o.startswith(("data.", "eval.", "model.", "learner.")) for o in config.overrides)
+    return config.reference if own_test and not changed else {}
+
+
 def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer:
     """A trainer for an existing run folder, with the selected (best or last) weights loaded."""
     run_dir = Path(run_dir)
@@ -235,7 +242,8 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
         "train_steps": trainer.state["step"], "selected_step": trainer.state["best_step"],
         "eval_seconds": round(result["seconds"], 2), "train_seconds": round(trainer.state["elapsed"], 2),
         "episodes_file": f"episodes/test-{tag}.npz", "machine": machine_info(trainer.device),
-        "reference": config.reference, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "reference": _applicable_reference(config, ways, shots), "overrides": config.overrides,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     name = "eval.json" if (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) \
         else f"eval-{tag}.json"
