@@ -6,6 +6,7 @@ error naming the key, instead of a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -98,7 +99,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise FastAdaptError(f"{where} must be a mapping of settings, got {value!r}")
         return _build(hint, value, where)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]

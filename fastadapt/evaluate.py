@@ -33,7 +33,7 @@ def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device
     started = time.perf_counter()
     try:
         for episode in episodes:
-            episode = episode.to(device) if device.type != "cpu" else episode
+            episode = episode.to(device)
             prediction = learner.predict(episode)
             values.append(learner.query_metrics(prediction, episode)[learner.primary_metric])
             if progress is not None:

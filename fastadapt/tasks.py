@@ -6,12 +6,10 @@ seeded test sets that can be saved next to the results.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .config import Config, EpisodeConfig
 from .data.episode import Episode
@@ -95,7 +93,3 @@ def build_suite(config: Config, data_root: str | Path | None, download: bool = F
     if suite_cls.problem == "classification" and not config.train.episodes.ways:
         raise FastAdaptError(f"dataset {config.data.dataset!r} needs train.episodes.ways (got null)")
     return suite_cls(config, data_root, download)
-
-
-def move(episode: Episode, device: torch.device) -> Episode:
-    return episode if device.type == "cpu" else episode.to(device, non_blocking=True)

@@ -25,7 +25,7 @@ from .learners import build_learner
 from .progress import Progress
 from .registry import BACKBONES, DATASETS, LEARNERS
 from .report import plot_learning_curve, write_metrics_csv
-from .tasks import build_suite, move
+from .tasks import build_suite
 from .utils import atomic_write_text, machine_info, resolve_device
 
 
@@ -130,7 +130,7 @@ class Trainer:
             with Progress(cfg.steps, self.state["step"], enabled=not self.quiet) as progress:
                 while self.state["step"] < cfg.steps:
                     step = self.state["step"]
-                    tasks = [move(self.suite.train_task(step * cfg.meta_batch + i), self.device)
+                    tasks = [self.suite.train_task(step * cfg.meta_batch + i).to(self.device)
                              for i in range(cfg.meta_batch)]
                     self.optimizer.zero_grad(set_to_none=True)
                     task_metrics = engine.meta_gradient(self.learner, tasks)

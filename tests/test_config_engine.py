@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fastadapt.config import apply_overrides, load_config, load_raw, preset_names
+from fastadapt.config import load_config, load_raw, preset_names
 from fastadapt.engine import ForkEngine, SerialEngine, make_engine
 from fastadapt.errors import FastAdaptError
 from fastadapt.learners.metric.protonet import ProtoNet

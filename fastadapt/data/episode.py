@@ -27,6 +27,7 @@ class Episode:
     info: dict[str, Any] = field(default_factory=dict)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episode":
+        """The episode on `device` (tensors already there are not copied)."""
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return replace(self, support_x=move(self.support_x), support_y=move(self.support_y),
                        query_x=move(self.query_x), query_y=move(self.query_y))
