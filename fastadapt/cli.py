@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--shots", type=int)
     ev.add_argument("--queries", type=int)
     ev.add_argument("--seed", type=int, help="seed of the fixed test episodes (default: the run's eval.seed)")
+    ev.add_argument("--adapt-steps", type=int, help="test-time gradient steps (MAML family, fine-tuning baselines)")
     ev.add_argument("--data-root", type=Path)
 
     lake = sub.add_parser("lake", help="score a run on Lake et al.'s 20-run one-shot benchmark (all_runs.zip)")
@@ -92,7 +93,8 @@ def _print_result(result: dict) -> None:
 def _eval(args) -> int:
     from .trainer import evaluate_run
     result = evaluate_run(args.run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
-                          episodes=args.episodes, seed=args.seed, data_root=args.data_root)
+                          episodes=args.episodes, seed=args.seed, data_root=args.data_root,
+                          adapt_steps=args.adapt_steps)
     _print_result(result)
     return 0
 

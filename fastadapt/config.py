@@ -41,7 +41,9 @@ class TrainConfig:
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     optimizer: str = "adam"
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | step | cosine
+    momentum: float = 0.9  # sgd only; Reptile's outer step is plain SGD (momentum 0)
+    lr_schedule: str = "constant"  # constant | step | cosine | linear (to 0)
+    lr_min: float = 0.0  # cosine: the final lr
     lr_step: int = 2000  # step schedule: multiply by lr_gamma every lr_step steps
     lr_gamma: float = 0.5
     val_every: int = 500

@@ -38,8 +38,11 @@ def _accumulate_shard(learner: Learner, tasks: Sequence[Episode], scale: float) 
 class SerialEngine:
     name = "serial"
 
-    def meta_gradient(self, learner: Learner, tasks: Sequence[Episode]) -> Metrics:
-        """Fill `.grad` of the learner's parameters with the gradient of the mean task loss."""
+    def meta_gradient(self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None) -> Metrics:
+        """Fill `.grad` of the learner's parameters with the gradient of the mean task loss.
+        `progress` = (step, total steps) is handed to `learner.on_step` first."""
+        if progress is not None:
+            learner.on_step(*progress)
         return _accumulate_shard(learner, tasks, 1.0 / len(tasks))
 
     def close(self) -> None:
@@ -56,8 +59,10 @@ def _worker(conn, learner: Learner, grad_buffers: list[torch.Tensor]) -> None:
             return
         if message is None:
             return
-        tasks, scale = message
+        tasks, scale, progress = message
         try:
+            if progress is not None:
+                learner.on_step(*progress)
             for p in params:
                 p.grad = None
             metrics = _accumulate_shard(learner, tasks, scale)
@@ -97,13 +102,15 @@ class ForkEngine:
             self.children.append((process, parent_end, buffers))
         self.learner = learner
 
-    def meta_gradient(self, learner: Learner, tasks: Sequence[Episode]) -> Metrics:
+    def meta_gradient(self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None) -> Metrics:
         if learner is not self.learner:
             raise ValueError("this ForkEngine was built for another learner")
         scale = 1.0 / len(tasks)
         shards = [list(tasks[i::self.workers]) for i in range(self.workers)]
         for (_, conn, _), shard in zip(self.children, shards[1:]):
-            conn.send((shard, scale))
+            conn.send((shard, scale, progress))
+        if progress is not None:
+            learner.on_step(*progress)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:

@@ -36,6 +36,11 @@ class OmniglotSuite:
         self._train = EpisodeSampler(self.pool(config.data.train_split), episodes.ways, episodes.shots,
                                      episodes.queries, seed=config.seed)
 
+    @property
+    def num_train_classes(self) -> int:
+        """Size of the training class pool (the classifier width of transfer baselines)."""
+        return int(self._train.pool.images.shape[0])
+
     def pool(self, split: str):
         return omniglot_pool(split, root=self.data_root, size=self.size, download=self.download)
 
@@ -72,6 +77,7 @@ class SinusoidSuite:
 
     problem = "regression"
     input_shape = (1,)
+    num_train_classes = None
 
     def __init__(self, config: Config, data_root: str | Path | None = None, download: bool = False):
         self.config = config

@@ -41,15 +41,17 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_schedule
     if cfg.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps)
-    raise FastAdaptError(f"unknown train.lr_schedule {cfg.lr_schedule!r}; choose constant, step or cosine")
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.lr_min)
+    if cfg.lr_schedule == "linear":  # to zero at the last step (Reptile's annealed meta step size)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / cfg.steps))
+    raise FastAdaptError(f"unknown train.lr_schedule {cfg.lr_schedule!r}; choose constant, step, cosine or linear")
 
 
 def _optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     raise FastAdaptError(f"unknown train.optimizer {cfg.optimizer!r}; choose adam or sgd")
 
 
@@ -64,7 +66,8 @@ class Trainer:
         channels_last = config.model.channels_last
         if channels_last is None:
             channels_last = self.device.type == "cpu"
-        self.learner = build_learner(config, self.suite.input_shape, channels_last).to(self.device)
+        self.learner = build_learner(config, self.suite.input_shape, channels_last,
+                                     getattr(self.suite, "num_train_classes", None)).to(self.device)
         self.optimizer = _optimizer(self.learner.parameters(), config.train)
         self.scheduler = _scheduler(self.optimizer, config.train)
         self.state = {"step": 0, "history": [], "best": None, "best_step": None, "elapsed": 0.0,
@@ -133,7 +136,7 @@ class Trainer:
                     tasks = [self.suite.train_task(step * cfg.meta_batch + i).to(self.device)
                              for i in range(cfg.meta_batch)]
                     self.optimizer.zero_grad(set_to_none=True)
-                    task_metrics = engine.meta_gradient(self.learner, tasks)
+                    task_metrics = engine.meta_gradient(self.learner, tasks, progress=(step, cfg.steps))
                     self.optimizer.step()
                     lr = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
@@ -214,8 +217,10 @@ def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer
 
 def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | None = None,
                  queries: int | None = None, episodes: int | None = None, seed: int | None = None,
-                 data_root=None, quiet: bool = True, trainer: Trainer | None = None) -> dict:
-    """Evaluate a run's selected weights on a fixed, seeded test set; write eval JSON + episodes."""
+                 data_root=None, quiet: bool = True, trainer: Trainer | None = None,
+                 adapt_steps: int | None = None) -> dict:
+    """Evaluate a run's selected weights on a fixed, seeded test set; write eval JSON + episodes.
+    `adapt_steps` overrides the number of test-time gradient steps of learners that take them."""
     run_dir = Path(run_dir)
     if trainer is None:
         trainer = load_run(run_dir, data_root=data_root, quiet=quiet)
@@ -229,9 +234,18 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
     if learner.needs_head and learner.problem == "classification" and ways != config.train.episodes.ways:
         raise FastAdaptError(f"{config.learner.name} was trained {config.train.episodes.ways}-way and its head has that "
                              f"many outputs; evaluate with --ways {config.train.episodes.ways}")
+    if adapt_steps is not None:
+        if not hasattr(learner, "eval_inner_steps"):
+            raise FastAdaptError(f"{config.learner.name} takes no test-time gradient steps; drop --adapt-steps")
+        if adapt_steps < 1:
+            raise FastAdaptError(f"--adapt-steps must be >= 1, got {adapt_steps}")
+        learner.eval_inner_steps = adapt_steps
     test_set = trainer.suite.fixed_set(config.data.test_split, ways, shots, queries, episodes, seed)
     tag = f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}" if ways else f"{shots}shot{queries}q-{episodes}ep-seed{seed}"
-    test_set.save(run_dir / "episodes" / f"test-{tag}.npz")
+    episodes_tag = tag
+    if adapt_steps is not None:
+        tag += f"-{adapt_steps}steps"
+    test_set.save(run_dir / "episodes" / f"test-{episodes_tag}.npz")
     result = evaluate(learner, test_set, trainer.device)
     record = {
         "preset": config.name, "method": config.learner.name, "dataset": config.data.dataset,
@@ -241,11 +255,12 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
         "bn_mode": learner.describe().get("bn_mode", "none"),
         "train_steps": trainer.state["step"], "selected_step": trainer.state["best_step"],
         "eval_seconds": round(result["seconds"], 2), "train_seconds": round(trainer.state["elapsed"], 2),
-        "episodes_file": f"episodes/test-{tag}.npz", "machine": machine_info(trainer.device),
+        "episodes_file": f"episodes/test-{episodes_tag}.npz", "adapt_steps": getattr(learner, "eval_inner_steps", None),
+        "machine": machine_info(trainer.device),
         "reference": _applicable_reference(config, ways, shots), "overrides": config.overrides,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    name = "eval.json" if (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) \
-        else f"eval-{tag}.json"
+    own = (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) and adapt_steps is None
+    name = "eval.json" if own else f"eval-{tag}.json"
     atomic_write_text(run_dir / name, json.dumps(record, indent=2))
     return record

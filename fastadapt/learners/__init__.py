@@ -1,24 +1,47 @@
-"""Learners, grouped by family; each registers itself by name in `LEARNERS`."""
+"""Learners, grouped by family (one algorithm per file); each registers itself by name in `LEARNERS`.
+
+Every module of every family package is imported here, so adding a learner is adding a file.
+"""
 from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
 
 from ..config import Config
 from ..errors import FastAdaptError
 from ..models import build_backbone
 from ..registry import LEARNERS
 from .base import Learner
-from .metric import protonet  # noqa: F401  (registers)
-from .optimization import maml  # noqa: F401  (registers)
+
+FAMILIES = ("optimization", "metric", "generative", "graph", "transfer")
 
 
-def build_learner(config: Config, input_shape: tuple[int, ...], channels_last: bool = False) -> Learner:
+def _import_families() -> None:
+    for family in FAMILIES:
+        package = importlib.import_module(f"{__name__}.{family}")
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+_import_families()
+
+
+def build_learner(config: Config, input_shape: tuple[int, ...], channels_last: bool = False,
+                  num_train_classes: int | None = None) -> Learner:
     """The learner a config names, with its backbone. Metric learners embed (no head);
-    optimisation learners get a head with one output per training way (or one for regression)."""
+    optimisation learners get a head with one output per training way (or one for regression).
+    Learners whose `build` takes `num_train_classes` (transfer baselines) get the size of the
+    training class pool."""
     cls = LEARNERS.get(config.learner.name)
     ways = config.train.episodes.ways
     out_features = (ways or 1) if cls.needs_head else None
     backbone = build_backbone(config.model.backbone, config.model.backbone_args, out_features=out_features,
                               input_shape=input_shape, channels_last=channels_last)
+    extra = {}
+    if "num_train_classes" in inspect.signature(cls.build).parameters:
+        extra["num_train_classes"] = num_train_classes
     try:
-        return cls.build(backbone, ways, **config.learner.args)
+        return cls.build(backbone, ways, **extra, **config.learner.args)
     except TypeError as exc:
         raise FastAdaptError(f"learner {config.learner.name!r}: bad learner.args {config.learner.args} ({exc})") from None

@@ -42,6 +42,10 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
     def primary_metric(self) -> str:
         return "accuracy" if self.problem == "classification" else "mse"
 
+    def on_step(self, step: int, total_steps: int) -> None:
+        """Called before each meta-training step (in every engine worker too), for learners whose
+        loss depends on training progress (MAML++ annealing schedules). Default: nothing."""
+
     def describe(self) -> dict:
         """Settings that change results and must be recorded with them (e.g. BatchNorm mode)."""
         return {}

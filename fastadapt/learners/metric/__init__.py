@@ -1,0 +1,1 @@
+"""Metric-based learners: classify queries by a (learned) similarity to the support set."""

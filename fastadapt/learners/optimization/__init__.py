@@ -1,0 +1,1 @@
+"""Optimisation-based learners: adapt by gradient steps on the support set (MAML family, Reptile)."""
