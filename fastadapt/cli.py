@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     results = sub.add_parser("results", help="markdown results table from run folders")
     results.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     results.add_argument("--out", type=Path, help="also write the table to this file")
+    results.add_argument("--plot", type=Path, help="also write a PNG comparing the methods' accuracies")
     return parser
 
 
@@ -128,6 +129,9 @@ def _results(args) -> int:
     print(table, end="")
     if args.out:
         atomic_write_text(args.out, table)
+    if args.plot:
+        from .results import results_plot
+        results_plot(args.run_dirs, args.plot)
     return 0
 
 

@@ -24,11 +24,26 @@ def _records(run_dirs: list[Path]) -> list[dict]:
     return records
 
 
+#: Published scores on Lake et al.'s 20-run benchmark (accuracy %), drawn on the Lake panel.
+LAKE_ANCHORS = ((92.0, "Siamese (Koch)"), (95.5, "people"), (96.7, "BPL"))
+
+
+def _benchmark(r: dict) -> str:
+    if "benchmark" in r:
+        return r["benchmark"]
+    if r.get("ways"):
+        split = "" if r.get("split", "test") == "test" else f" ({r['split']} alphabets)"
+        return f"{r['dataset']}{split} {r['ways']}-way {r['shots']}-shot"
+    steps = r.get("adapt_steps")
+    after = f", {steps} step{'s' if steps != 1 else ''}" if steps else ""
+    return f"{r['dataset']} {r['shots']}-shot regression{after}"
+
+
 def _row(r: dict) -> str:
     if "benchmark" in r:  # Lake
         value = f"{100 * r['accuracy']:.2f}"
         return f"| {r['method']} | {r['benchmark']} | {value} | – | – | – | – | {r['preset']} | {r['run']} |"
-    task = f"{r['ways']}-way {r['shots']}-shot" if r.get("ways") else f"{r['shots']}-shot regression"
+    task = _benchmark(r)
     metric = "accuracy" if "accuracy" in r else "mse"
     value = f"{100 * r[metric]:.2f} ± {100 * r['ci95']:.2f}" if metric == "accuracy" else f"{r[metric]:.3f} ± {r['ci95']:.3f}"
     reference = r.get("reference", {}).get(metric)
@@ -36,7 +51,7 @@ def _row(r: dict) -> str:
     minutes = (r.get("train_seconds") or 0) / 60
     preset = " ".join([r["preset"]] + [f"`{o}`" for o in r.get("overrides", [])])
     machine = f"{r['machine']['cores']}-core {r['machine']['device']}"
-    return (f"| {r['method']} | {r['dataset']} {task} ({r['episodes']} ep.) | {value} | {reference} | "
+    return (f"| {r['method']} | {task} ({r['episodes']} ep.) | {value} | {reference} | "
             f"{r['train_steps']} | {minutes:.1f} | {machine} | {preset} | {r['run']} |")
 
 
@@ -46,3 +61,39 @@ def results_table(run_dirs: list[str | Path]) -> str:
     header = ("| method | benchmark | result ± 95% CI | paper | steps | train min | machine | preset and overrides | run |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     return "\n".join([header] + [_row(r) for r in _records([Path(d) for d in run_dirs])]) + "\n"
+
+
+def results_plot(run_dirs: list[str | Path], path: str | Path) -> None:
+    """One panel per classification benchmark: accuracy ± 95% CI per run, the paper's value as a tick."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .utils import atomic_write
+
+    records = [r for r in _records([Path(d) for d in run_dirs]) if "accuracy" in r]
+    if not records:
+        raise FastAdaptError("no classification results in these run folders to plot")
+    benchmarks = sorted({_benchmark(r) for r in records})
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.5 * len(benchmarks), 0.45 * len(records) + 1.8),
+                             squeeze=False)
+    for ax, bench in zip(axes[0], benchmarks):
+        rows = sorted((r for r in records if _benchmark(r) == bench), key=lambda r: r["accuracy"])
+        labels = [f"{r['method']} ({Path(r['run']).name})" for r in rows]
+        values = [100 * r["accuracy"] for r in rows]
+        errors = [100 * r.get("ci95", 0.0) if "benchmark" not in r else 0.0 for r in rows]
+        ax.barh(range(len(rows)), values, xerr=errors, color="tab:blue", alpha=0.8, capsize=3)
+        for i, r in enumerate(rows):
+            paper = (r.get("reference") or {}).get("accuracy")
+            if paper is not None:
+                ax.plot(100 * paper, i, marker="|", markersize=14, color="tab:red")
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        if bench.startswith("Lake"):
+            for value, name in LAKE_ANCHORS:
+                ax.axvline(value, color="gray", linestyle=":", linewidth=1)
+                ax.text(value, len(rows) - 0.4, name, rotation=90, fontsize=7, va="top", ha="right", color="gray")
+        low = min(values) - 5
+        ax.set(xlim=(max(0.0, low), 100), xlabel="accuracy (%), 95% CI; red tick: paper", title=bench)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)

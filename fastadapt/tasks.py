@@ -13,6 +13,7 @@ import numpy as np
 
 from .config import Config, EpisodeConfig
 from .data.episode import Episode
+from .data.gp import GPTasks
 from .data.omniglot import omniglot_pool
 from .data.sampler import EpisodeSampler, FixedEpisodes
 from .data.sinusoid import SinusoidTasks
@@ -91,6 +92,30 @@ class SinusoidSuite:
         # Validation and test tasks come from different seeds, both disjoint from training's.
         offset = {"val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
         source = SinusoidTasks(shots, queries, seed=seed + offset)
+        return FixedTasks([source.task(i) for i in range(episodes)], seed)
+
+
+@DATASETS.register("gp1d")
+class GP1DSuite:
+    """1-D GP regression (Neural Process papers): RBF kernel, lengthscale 0.4, x in [-2, 2].
+    Training tasks draw their context size in [min(3, shots), shots] (see fastadapt.data.gp);
+    validation and test tasks have exactly `shots` context points."""
+
+    problem = "regression"
+    input_shape = (1,)
+    num_train_classes = None
+
+    def __init__(self, config: Config, data_root: str | Path | None = None, download: bool = False):
+        self.config = config
+        episodes: EpisodeConfig = config.train.episodes
+        self._train = GPTasks(episodes.shots, episodes.queries, seed=config.seed, variable_context=True)
+
+    def train_task(self, index: int) -> Episode:
+        return self._train.task(index)
+
+    def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedTasks:
+        offset = {"val": 1_000_003, "test": 2_000_003}.get(split, 3_000_017)
+        source = GPTasks(shots, queries, seed=seed + offset)
         return FixedTasks([source.task(i) for i in range(episodes)], seed)
 
 

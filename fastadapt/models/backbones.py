@@ -34,21 +34,33 @@ class Conv4(nn.Module):
     `channels_last` runs the convolutions in NHWC layout: on CPU, PyTorch's NCHW max-pool is
     ~15x slower than its NHWC kernel on these shapes (benchmarks/README.md), so this is the CPU
     default of the trainer. Parameters are stored NHWC too, so adapted weights stay NHWC.
+
+    `pooled_blocks` < 4 pools only in the first blocks (the Relation Network embedding pools in
+    two: 28x28 -> 64x7x7) and `flatten=False` returns the feature maps (hidden, side, side),
+    given by `feature_shape`, for learners that compare images spatially.
     """
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, out_features: int | None = None,
-                 bn: str = "transductive", image_size: int = 28, channels_last: bool = False):
+                 bn: str = "transductive", image_size: int = 28, channels_last: bool = False,
+                 pooled_blocks: int = 4, flatten: bool = True):
         super().__init__()
+        if not 0 <= pooled_blocks <= 4:
+            raise ValueError(f"pooled_blocks must be in 0..4, got {pooled_blocks}")
+        if out_features and not flatten:
+            raise ValueError("a linear head needs flatten=True")
         self.channels_last = channels_last
+        self.flatten = flatten
         layers: list[nn.Module] = []
         for i in range(4):
+            pool = [nn.MaxPool2d(2)] if i < pooled_blocks else []
             layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
-                       _batch_norm(hidden, bn), nn.MaxPool2d(2), nn.ReLU()]
+                       _batch_norm(hidden, bn), *pool, nn.ReLU()]
         self.features = nn.Sequential(*layers)
         self.bn = bn
         side = image_size
-        for _ in range(4):
+        for _ in range(pooled_blocks):
             side //= 2
+        self.feature_shape = (hidden, side, side)
         self.embedding_dim = hidden * side * side
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features else None
         if channels_last:
@@ -61,6 +73,8 @@ class Conv4(nn.Module):
                 # A 1-channel input is ambiguous between layouts and the first conv returns
                 # NCHW; make every block's activations NHWC (a no-op when they already are).
                 x = x.contiguous(memory_format=torch.channels_last)
+        if not self.flatten:
+            return x
         z = x.flatten(1)
         return self.head(z) if self.head is not None else z
 
@@ -81,3 +95,15 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+@BACKBONES.register("raw-input")
+class RawInput(nn.Module):
+    """The input itself, flattened: neural processes encode raw (x, y) pairs, as the papers do."""
+
+    def __init__(self, in_features: int = 1):
+        super().__init__()
+        self.embedding_dim = in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)

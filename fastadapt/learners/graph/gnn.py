@@ -1,0 +1,136 @@
+"""Few-shot learning with graph neural networks (Garcia & Bruna, 2018).
+
+Each query gets its own graph (the paper's few-shot setting): node 0 is the query, nodes 1..S
+the support examples. A node's features are its image embedding concatenated with its label,
+one-hot for support nodes and uniform 1/N for the query (the label is what is unknown). Every
+layer first *learns the graph*: an MLP on |x_i - x_j| scores each pair of nodes and a softmax
+over the neighbours j != i gives the adjacency A; then a graph convolution mixes each node with
+its neighbourhood, x_new = Linear([x, A x]) (the paper's operator family {I, A}), and
+concatenates x_new to x (dense connections). The last layer outputs N values per node; the
+query node's are the logits.
+
+All Q graphs of an episode share the support set and are run as one batch of Q graphs.
+Nothing depends on the order of the nodes except node 0 being the query, so permuting the
+support set leaves the logits unchanged and permuting the queries permutes them.
+Omniglot settings of the authors' code: 2 hidden layers adding 48 features each, edge MLP
+widths (2, 1.5, 1, 1) x the node width, leaky ReLU, BatchNorm (no dropout here).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.episode import Episode
+from ...errors import FastAdaptError
+from ...models.backbones import BN_MODES
+from ...registry import LEARNERS
+from ..base import Learner
+
+
+def _batch_norm_1d(features: int, bn: str) -> nn.BatchNorm1d:
+    if bn not in BN_MODES:
+        raise FastAdaptError(f"gnn: bn must be one of {BN_MODES}, got {bn!r} (model.backbone_args.bn)")
+    return nn.BatchNorm1d(features, track_running_stats=(bn == "inductive"))
+
+
+def _normalize(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm1d over the last dim of a tensor of any shape."""
+    return bn(x.reshape(-1, x.shape[-1])).view(x.shape)
+
+
+class EdgeFunction(nn.Module):
+    """A (G, V, V) adjacency per graph: row-wise softmax over j != i of MLP(|x_i - x_j|)."""
+
+    def __init__(self, features: int, ratios: tuple[float, ...], bn: str):
+        super().__init__()
+        widths = [features] + [int(r * features) for r in ratios]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.norms = nn.ModuleList(_batch_norm_1d(b, bn) for b in widths[1:])
+        self.score = nn.Linear(widths[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (x.unsqueeze(2) - x.unsqueeze(1)).abs()  # (G, V, V, F)
+        for linear, norm in zip(self.linears, self.norms):
+            h = F.leaky_relu(_normalize(norm, linear(h)))
+        scores = self.score(h).squeeze(-1)  # (G, V, V)
+        self_loops = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+        return scores.masked_fill(self_loops, float("-inf")).softmax(-1)
+
+
+class GraphConv(nn.Module):
+    """x' = Linear([x, A x]) (then BatchNorm for hidden layers)."""
+
+    def __init__(self, features: int, out_features: int, bn: str | None):
+        super().__init__()
+        self.linear = nn.Linear(2 * features, out_features)
+        self.norm = _batch_norm_1d(out_features, bn) if bn else None
+
+    def forward(self, adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(torch.cat([x, adjacency @ x], -1))
+        return _normalize(self.norm, out) if self.norm is not None else out
+
+
+class GraphNetwork(nn.Module):
+    """`layers` dense [learn edges -> graph conv -> leaky ReLU -> concat] blocks, then a last
+    [learn edges -> graph conv] to `ways` outputs per node."""
+
+    def __init__(self, in_features: int, ways: int, layers: int = 2, node_features: int = 48,
+                 edge_ratios: tuple[float, ...] = (2, 1.5, 1, 1), bn: str = "inductive"):
+        super().__init__()
+        widths = [in_features + i * node_features for i in range(layers + 1)]
+        self.edges = nn.ModuleList(EdgeFunction(w, tuple(edge_ratios), bn) for w in widths)
+        self.convs = nn.ModuleList([GraphConv(w, node_features, bn) for w in widths[:-1]]
+                                   + [GraphConv(widths[-1], ways, None)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(G, V, F) node features -> (G, V, ways) node outputs."""
+        for edges, conv in zip(self.edges[:-1], self.convs[:-1]):
+            x = torch.cat([x, F.leaky_relu(conv(edges(x), x))], -1)
+        return self.convs[-1](self.edges[-1](x), x)
+
+
+@LEARNERS.register("gnn")
+class GNNLearner(Learner):
+    def __init__(self, backbone: nn.Module, ways: int, **graph_args):
+        super().__init__()
+        dim = getattr(backbone, "embedding_dim", None)
+        if dim is None:
+            raise FastAdaptError("gnn needs a backbone with an embedding_dim (e.g. conv4)")
+        self.backbone = backbone
+        self.ways = ways
+        graph_args.setdefault("bn", getattr(backbone, "bn", "inductive"))
+        self.graph = GraphNetwork(dim + ways, ways, **graph_args)
+        self.stateless = not any(getattr(m, "track_running_stats", False) for m in self.modules())
+
+    @classmethod
+    def build(cls, backbone: nn.Module, ways: int | None, *, layers: int = 2, node_features: int = 48,
+              edge_ratios: list[float] | tuple[float, ...] = (2, 1.5, 1, 1)) -> "GNNLearner":
+        if not ways:
+            raise FastAdaptError("gnn is a classification learner; use an N-way dataset (e.g. omniglot)")
+        return cls(backbone, ways, layers=layers, node_features=node_features, edge_ratios=tuple(edge_ratios))
+
+    def logits(self, episode: Episode) -> torch.Tensor:
+        if episode.ways != self.ways:
+            raise FastAdaptError(f"gnn was built for {self.ways}-way episodes (its readout has {self.ways} outputs) "
+                                 f"but got {episode.ways}-way; evaluate with --ways {self.ways}")
+        n_support, n_query = episode.support_x.shape[0], episode.query_x.shape[0]
+        z = self.backbone(torch.cat([episode.support_x, episode.query_x])).flatten(1)
+        support = torch.cat([z[:n_support], F.one_hot(episode.support_y, self.ways).to(z.dtype)], -1)
+        queries = torch.cat([z[n_support:], z.new_full((n_query, self.ways), 1.0 / self.ways)], -1)
+        graphs = torch.cat([queries.unsqueeze(1), support.unsqueeze(0).expand(n_query, -1, -1)], 1)  # (Q, 1+S, F)
+        return self.graph(graphs)[:, 0]
+
+    def task_loss(self, episode: Episode):
+        logits = self.logits(episode)
+        loss = F.cross_entropy(logits, episode.query_y)
+        accuracy = (logits.argmax(-1) == episode.query_y).float().mean()
+        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        with torch.no_grad():
+            return self.logits(episode)
+
+    def describe(self) -> dict:
+        return {"bn_mode": getattr(self.backbone, "bn", "none"), "graph": "one query per graph",
+                "layers": len(self.graph.convs) - 1}
