@@ -12,7 +12,8 @@ from fastadapt.config import load_config
 from fastadapt.data.episode import Episode
 from fastadapt.data.gp import GPTasks, rbf_kernel
 from fastadapt.learners import build_learner
-from fastadapt.learners.generative.cnp import CNP, RawInput, gaussian_head
+from fastadapt.learners.generative.cnp import CNP, gaussian_head
+from fastadapt.models.backbones import RawInput
 from fastadapt.learners.generative.neural_process import NeuralProcess, kl_diagonal_gaussians
 from fastadapt.learners.transfer.baseline import Baseline, BaselinePlusPlus, cosine_logits, cosine_scale, new_head
 from fastadapt.learners.transfer.multitask import MultiTask
