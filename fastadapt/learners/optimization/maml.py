@@ -1,11 +1,23 @@
-"""MAML (Finn et al., 2017) and first-order MAML, with adaptation as a pure function.
+"""MAML (Finn et al., 2017), first-order MAML and the MAML++ options (Antoniou et al., 2019),
+with adaptation as a pure function of (parameters, support set).
 
-`adapt(forward, params, x, y, ...)` maps parameters and a support set to adapted parameters
-without touching any module: the model is called through `torch.func.functional_call`, so
-the same code runs under any engine (loop, worker processes, DDP ranks) and never clones
-modules. Second order: the inner gradients are built with `create_graph=True`, so the
-meta-gradient differentiates through them. First order: the inner gradients are constants,
-so d(adapted)/d(params) = I and the meta-gradient is the query gradient at the adapted point.
+The model is only ever called through `torch.func.functional_call`, so the same code runs
+under any engine (loop, worker processes, DDP ranks, vmap) and never clones modules. Second
+order: the inner gradients keep their graph, so the meta-gradient differentiates through them.
+First order: they are constants, so d(adapted)/d(params) = I.
+
+MAML++ options, each a constructor argument (so ANIL and Meta-SGD inherit them):
+- `multi_step_loss`: the query loss after every inner step, weighted uniformly at first and
+  annealed towards the last step over the first `msl_fraction` of training (stabilises the
+  early, deep unrolls; see `inner_loop.msl_weights`).
+- `lslr`: a learned inner lr per parameter tensor and per step (initialised at `inner_lr`).
+- `per_step_bn`: a BatchNorm gamma/beta per inner step, meta-learned and not adapted in the
+  inner loop (the features' statistics change after each step; transductive BN only).
+- `first_order_fraction`: first order for that fraction of training, second order afterwards
+  (derivative-order annealing: cheap early steps, exact gradients later).
+- `checkpoint_inner`: recompute each inner step in the backward pass instead of storing it,
+  so 5-10 second-order steps fit in memory (about one extra forward+backward per step).
+Progress-dependent options are driven by `on_step(step, total)`.
 """
 from __future__ import annotations
 
@@ -17,10 +29,10 @@ from torch import nn
 from torch.func import functional_call
 
 from ...data.episode import Episode
+from ...errors import FastAdaptError
 from ...registry import LEARNERS
 from ..base import Learner
-
-Params = dict[str, torch.Tensor]
+from .inner_loop import CompositeBatchNorm, Params, msl_weights, sgd_step
 
 
 def adapt(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: Params, x: torch.Tensor,
@@ -34,21 +46,41 @@ def adapt(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: Param
     return params
 
 
+def _key(name: str) -> str:
+    """Parameter names contain dots, which nn.ParameterDict keys may not."""
+    return name.replace(".", "-")
+
+
+def has_running_stats(module: nn.Module) -> bool:
+    return any(getattr(m, "track_running_stats", False) for m in module.modules())
+
+
 @LEARNERS.register("maml")
 class MAML(Learner):
     needs_head = True
 
     def __init__(self, model: nn.Module, *, inner_steps: int = 1, inner_lr: float = 0.4,
                  learn_inner_lr: bool = False, first_order: bool = False,
-                 eval_inner_steps: int | None = None, problem: str = "classification"):
+                 eval_inner_steps: int | None = None, problem: str = "classification",
+                 multi_step_loss: bool = False, msl_fraction: float = 0.1, lslr: bool = False,
+                 per_step_bn: bool = False, first_order_fraction: float = 0.0,
+                 checkpoint_inner: bool = False):
         super().__init__()
         if inner_steps < 1 or (eval_inner_steps is not None and eval_inner_steps < 1):
-            raise ValueError("inner_steps and eval_inner_steps must be >= 1")
+            raise FastAdaptError("learner.args: inner_steps and eval_inner_steps must be >= 1")
+        if lslr and learn_inner_lr:
+            raise FastAdaptError("learner.args: lslr (per-layer, per-step lrs) replaces learn_inner_lr; set one")
+        if not 0.0 <= first_order_fraction <= 1.0 or not 0.0 <= msl_fraction <= 1.0:
+            raise FastAdaptError("learner.args: first_order_fraction and msl_fraction must be in [0, 1]")
         self.model = model
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps or inner_steps
         self.first_order = first_order
         self.problem = problem
+        self.multi_step_loss, self.msl_fraction = multi_step_loss, msl_fraction
+        self.first_order_fraction = first_order_fraction
+        self.checkpoint_inner = checkpoint_inner
+        self.progress = 1.0  # fraction of training done; 1.0 (final settings) until on_step says otherwise
         lr = torch.tensor(float(inner_lr))
         if learn_inner_lr:
             self.inner_lr = nn.Parameter(lr)
@@ -56,40 +88,132 @@ class MAML(Learner):
             self.register_buffer("inner_lr", lr)
         self.loss_fn = F.cross_entropy if problem == "classification" else F.mse_loss
         # Only transductive (batch-statistics) BatchNorm keeps the forward pure.
-        self.stateless = not any(getattr(m, "track_running_stats", False) for m in model.modules())
+        self.stateless = not has_running_stats(model)
+        self.bn_steps = nn.ParameterDict()
+        if per_step_bn:
+            self._init_per_step_bn()
+        self.lslr = nn.ParameterDict()
+        if lslr:
+            self.lslr.update({_key(n): nn.Parameter(torch.full((inner_steps,), float(inner_lr)))
+                              for n in self.adapted_names()})
+
+    def _init_per_step_bn(self) -> None:
+        norms = [(name, m) for name, m in self.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms or any(m.track_running_stats for _, m in norms):
+            raise FastAdaptError("learner.args.per_step_bn needs BatchNorm layers in the adapted network "
+                                 "with transductive statistics; set model.backbone_args.bn=transductive "
+                                 "or per_step_bn=false")
+        for name, m in norms:
+            for kind in ("weight", "bias"):
+                source = getattr(m, kind)
+                self.bn_steps[_key(f"{name}.{kind}")] = nn.Parameter(source.detach().repeat(self.inner_steps, 1))
+                source.requires_grad_(False)  # replaced by the per-step copies
 
     @classmethod
     def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "MAML":
         return cls(backbone, problem="classification" if ways else "regression", **kwargs)
 
+    # -- the inner loop, written once ------------------------------------------------------
+    def on_step(self, step: int, total_steps: int) -> None:
+        self.progress = step / max(1, total_steps)
+
+    def second_order_now(self) -> bool:
+        return not self.first_order and self.progress >= self.first_order_fraction
+
+    def adapted_names(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def inner_lr_of(self, name: str, step: int) -> torch.Tensor:
+        if len(self.lslr):
+            lrs = self.lslr[_key(name)]
+            return lrs[min(step, len(lrs) - 1)]  # extra test-time steps reuse the last lr
+        return self.inner_lr
+
     def forward_with(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.model, params, (x,))
 
-    def fast_weights(self, episode: Episode, steps: int, second_order: bool) -> Params:
-        params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        return adapt(self.forward_with, params, episode.support_x, episode.support_y, self.loss_fn,
-                     steps, self.inner_lr, second_order)
+    def forward_at(self, params: Params, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The model with (adapted) `params` and, with per-step BN, the BN affine of `step`."""
+        if len(self.bn_steps):
+            k = min(step, self.inner_steps - 1)
+            params = {**params, **{n: self.bn_steps[_key(n)][k] for n in self._bn_names()}}
+        return functional_call(self.model, params, (x,))
 
+    def _bn_names(self) -> list[str]:
+        return [k.replace("-", ".") for k in self.bn_steps.keys()]
+
+    def inputs(self, support_x: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the adapted network sees (ANIL: the body's features, computed once)."""
+        return support_x, query_x
+
+    def unrolled_loss(self, support_x, support_y, query_x, query_y, steps: int, second_order: bool,
+                      use_func: bool = False, training: bool = True) -> tuple[torch.Tensor, torch.Tensor, Params]:
+        """Meta-loss of one task (multi-step weighted when enabled), final query prediction and
+        adapted parameters. `use_func`: inner gradients by torch.func.grad (for vmap)."""
+        s_in, q_in = self.inputs(support_x, query_x)
+        weights = msl_weights(steps, self.progress, self.msl_fraction) if (self.multi_step_loss and training) \
+            else [0.0] * (steps - 1) + [1.0]
+        adapted = set(self.adapted_names())
+        fast = {n: p for n, p in self.model.named_parameters() if n in adapted}
+        loss = prediction = None
+        for k in range(steps):
+            lrs = {n: self.inner_lr_of(n, k) for n in fast}
+            support_loss = lambda p, k=k: self.loss_fn(self.forward_at(p, s_in, k), support_y)  # noqa: E731
+            fast = sgd_step(support_loss, fast, lrs, second_order, use_func,
+                            checkpointed=self.checkpoint_inner and training)
+            if weights[k] > 0:
+                prediction = self.forward_at(fast, q_in, k)
+                term = weights[k] * self.loss_fn(prediction, query_y)
+                loss = term if loss is None else loss + term
+        return loss, prediction, fast
+
+    # -- Learner interface -----------------------------------------------------------------
     def task_loss(self, episode: Episode):
-        fast = self.fast_weights(episode, self.inner_steps, second_order=not self.first_order)
-        prediction = self.forward_with(fast, episode.query_x)
-        loss = self.loss_fn(prediction, episode.query_y)
+        loss, prediction, _ = self.unrolled_loss(episode.support_x, episode.support_y, episode.query_x,
+                                                 episode.query_y, self.inner_steps, self.second_order_now())
         metrics = {"loss": loss.item()}
         if self.problem == "classification":
             metrics["accuracy"] = (prediction.argmax(-1) == episode.query_y).float().mean().item()
         return loss, metrics
 
+    def batched_task_loss(self, support_x, support_y, query_x, query_y) -> torch.Tensor:
+        """Meta-losses (T,) of T tasks stacked along dim 0, computed as one vmapped function
+        (inner gradients by torch.func.grad), for the GPU engine. Its mean's gradient equals the
+        mean of the per-task `task_loss` gradients."""
+        if has_running_stats(self):
+            raise FastAdaptError("batched_task_loss needs transductive BatchNorm (no running averages); "
+                                 "set model.backbone_args.bn=transductive or use the serial engine")
+        if any(getattr(m, "channels_last", False) for m in self.modules()):
+            raise FastAdaptError("batched_task_loss cannot run NHWC (channels_last) backbones under vmap; "
+                                 "set model.channels_last=false or use the serial/fork engine")
+        if self.checkpoint_inner:
+            raise FastAdaptError("learner.args.checkpoint_inner is not supported by the vmapped engine; "
+                                 "set checkpoint_inner=false or use the serial engine")
+        second_order = self.second_order_now()
+
+        def one_task(sx, sy, qx, qy):
+            return self.unrolled_loss(sx, sy, qx, qy, self.inner_steps, second_order, use_func=True)[0]
+        with CompositeBatchNorm():
+            return torch.func.vmap(one_task)(support_x, support_y, query_x, query_y)
+
     def predict(self, episode: Episode) -> torch.Tensor:
-        with torch.enable_grad():
-            fast = self.fast_weights(episode, self.eval_inner_steps, second_order=False)
-        with torch.no_grad():
-            return self.forward_with({n: p.detach() for n, p in fast.items()}, episode.query_x)
+        with torch.enable_grad():  # evaluation may run under no_grad; adaptation needs gradients
+            _, prediction, _ = self.unrolled_loss(episode.support_x, episode.support_y, episode.query_x,
+                                                  episode.query_y, self.eval_inner_steps, False, training=False)
+        return prediction.detach()
+
+    def fast_weights(self, episode: Episode, steps: int, second_order: bool) -> Params:
+        return self.unrolled_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y,
+                                  steps, second_order, training=False)[2]
 
     def describe(self) -> dict:
         bn = getattr(self.model, "bn", "none")
         return {"bn_mode": bn, "inner_steps": self.inner_steps, "eval_inner_steps": self.eval_inner_steps,
                 "inner_lr": float(self.inner_lr), "first_order": self.first_order,
-                "learn_inner_lr": isinstance(self.inner_lr, nn.Parameter)}
+                "learn_inner_lr": isinstance(self.inner_lr, nn.Parameter), "multi_step_loss": self.multi_step_loss,
+                "msl_fraction": self.msl_fraction, "lslr": bool(len(self.lslr)),
+                "per_step_bn": bool(len(self.bn_steps)), "first_order_fraction": self.first_order_fraction,
+                "checkpoint_inner": self.checkpoint_inner}
 
 
 @LEARNERS.register("fomaml")

@@ -1,0 +1,113 @@
+"""Reptile (Nichol, Achiam & Schulman, 2018): move the initialisation towards task solutions.
+
+Inner loop: `inner_iters` steps of Adam (fresh state per task; betas (0, 0.999) as in Nichol
+et al.'s code) on minibatches of the task's support set, giving adapted weights φ. No gradient
+flows through it. The outer update θ ← θ + ε·mean_i(φ_i − θ) is expressed through the shared
+trainer: `task_loss` returns the surrogate ½‖θ − φ.detach()‖², whose gradient is θ − φ, so plain
+SGD (momentum 0) with lr ε on the meta-batch mean is exactly Reptile (`train.optimizer: sgd`,
+`train.momentum: 0`, `train.lr_schedule: linear` anneals ε to 0 as in the paper).
+
+Minibatches cycle through a shuffled support set, reshuffled after each pass (Nichol's
+`_mini_batches` without replacement). The shuffle is seeded by the episode's content, so a
+task gives the same φ in every engine and after a resume. Nichol's code keeps Adam's second
+moment across tasks (the optimiser is not reset); here each task starts fresh, which keeps a
+task a pure function of (θ, data).
+"""
+from __future__ import annotations
+
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ...data.episode import Episode
+from ...errors import FastAdaptError
+from ...registry import LEARNERS
+from ..base import Learner
+from .inner_loop import Params, adam_steps
+from .maml import has_running_stats
+
+
+def minibatch_indices(n: int, batch: int, iters: int, seed: int) -> list[torch.Tensor]:
+    """`iters` batches of `batch` indices from range(n), cycling through reshuffled passes."""
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < batch * iters:
+        order += torch.randperm(n, generator=g).tolist()
+    return [torch.tensor(order[i * batch:(i + 1) * batch]) for i in range(iters)]
+
+
+@LEARNERS.register("reptile")
+class Reptile(Learner):
+    needs_head = True
+
+    def __init__(self, model: nn.Module, *, inner_iters: int = 5, inner_batch: int = 10, inner_lr: float = 0.001,
+                 eval_inner_iters: int = 50, eval_inner_batch: int = 5, inner_optimizer: str = "adam",
+                 betas: tuple[float, float] = (0.0, 0.999), problem: str = "classification"):
+        super().__init__()
+        if min(inner_iters, inner_batch, eval_inner_iters, eval_inner_batch) < 1:
+            raise FastAdaptError("learner.args: reptile's inner_iters, inner_batch, eval_inner_iters and "
+                                 "eval_inner_batch must be >= 1")
+        if inner_optimizer not in ("adam", "sgd"):
+            raise FastAdaptError(f"learner.args.inner_optimizer must be adam or sgd, got {inner_optimizer!r}")
+        self.model = model
+        self.inner_iters, self.inner_batch, self.inner_lr = inner_iters, inner_batch, inner_lr
+        self.eval_inner_steps, self.eval_inner_batch = eval_inner_iters, eval_inner_batch
+        self.inner_optimizer, self.betas = inner_optimizer, tuple(betas)
+        self.problem = problem
+        self.loss_fn = F.cross_entropy if problem == "classification" else F.mse_loss
+        self.stateless = not has_running_stats(model)
+
+    @classmethod
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "Reptile":
+        return cls(backbone, problem="classification" if ways else "regression", **kwargs)
+
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, iters: int, batch: int) -> Params:
+        """φ: `iters` optimiser steps on minibatches of (x, y), starting from θ; no graph kept."""
+        seed = zlib.crc32(x.detach().cpu().numpy().tobytes())
+        indices = minibatch_indices(len(x), min(batch, len(x)), iters, seed)
+        batches = [(x[i], y[i]) for i in (idx.to(x.device) for idx in indices)]
+
+        def loss_of(params, data):
+            prediction = functional_call(self.model, params, (data[0],))
+            return self.loss_fn(prediction, data[1]), prediction
+
+        params = dict(self.model.named_parameters())
+        if self.inner_optimizer == "sgd":
+            return self._sgd(loss_of, params, batches)
+        return adam_steps(loss_of, params, batches, self.inner_lr, self.betas)[0]
+
+    def _sgd(self, loss_of, params: Params, batches) -> Params:
+        params = {n: p.detach() for n, p in params.items()}
+        for batch in batches:
+            current = {n: p.requires_grad_() for n, p in params.items()}
+            with torch.enable_grad():
+                grads = torch.autograd.grad(loss_of(current, batch)[0], tuple(current.values()))
+            params = {n: (p - self.inner_lr * g).detach() for (n, p), g in zip(current.items(), grads)}
+        return params
+
+    def task_loss(self, episode: Episode):
+        """The surrogate (its gradient is θ − φ); the metrics are the adapted model's query loss
+        and accuracy, which is what the training log shows."""
+        phi = self.adapt(episode.support_x, episode.support_y, self.inner_iters, self.inner_batch)
+        theta = dict(self.model.named_parameters())
+        surrogate = 0.5 * sum(((theta[n] - phi[n]) ** 2).sum() for n in theta)
+        with torch.no_grad():  # metrics only: the adapted model on the task's query set
+            prediction = functional_call(self.model, phi, (episode.query_x,))
+            metrics = {"loss": self.loss_fn(prediction, episode.query_y).item()}
+            if self.problem == "classification":
+                metrics["accuracy"] = (prediction.argmax(-1) == episode.query_y).float().mean().item()
+        return surrogate, metrics
+
+    def predict(self, episode: Episode) -> torch.Tensor:
+        phi = self.adapt(episode.support_x, episode.support_y, self.eval_inner_steps, self.eval_inner_batch)
+        with torch.no_grad():  # transductive BN: the whole query set in one batch, as Nichol et al.
+            return functional_call(self.model, phi, (episode.query_x,))
+
+    def describe(self) -> dict:
+        return {"bn_mode": getattr(self.model, "bn", "none"), "inner_iters": self.inner_iters,
+                "inner_batch": self.inner_batch, "inner_lr": self.inner_lr, "inner_optimizer": self.inner_optimizer,
+                "betas": list(self.betas), "eval_inner_iters": self.eval_inner_steps,
+                "eval_inner_batch": self.eval_inner_batch}
