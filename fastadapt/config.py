@@ -50,8 +50,10 @@ class TrainConfig:
     val_episodes: int = 200
     checkpoint_every: int = 250
     log_every: int = 50
-    engine: str = "auto"  # auto | serial | fork (see fastadapt.engine)
+    engine: str = "auto"  # auto | serial | fork | vmap (see fastadapt.engine)
     workers: int = 0  # fork engine processes; 0 = one per core
+    chunk_size: int = 0  # vmap engine: tasks per vmapped call (bounds memory); 0 = the whole meta-batch
+    compile: bool = False  # vmap engine: torch.compile the batched loss (falls back to eager, with a warning)
     device: str = "auto"  # auto | cpu | cuda[:N]
 
 

@@ -123,7 +123,8 @@ class Trainer:
             e = self.config.eval
             val_set = self.suite.fixed_set(self.config.data.val_split, e.ways, e.shots, e.queries,
                                            cfg.val_episodes, e.seed + 1)
-        engine = make_engine(cfg.engine, self.learner, self.device, cfg.meta_batch, cfg.workers)
+        engine = make_engine(cfg.engine, self.learner, self.device, cfg.meta_batch, cfg.workers,
+                             chunk_size=cfg.chunk_size, compile=cfg.compile)
         self._log(f"{self.config.name}: {type(self.learner).__name__} on {self.config.data.dataset}, "
                   f"{cfg.steps} steps x {cfg.meta_batch} tasks, engine={engine.name}, device={self.device}")
         metric = self.learner.primary_metric
