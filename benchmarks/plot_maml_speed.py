@@ -48,7 +48,11 @@ def main():
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     first = next(r for r in rows.values())
-    handles, labels = next(ax for ax in axes.flat if ax.get_visible()).get_legend_handles_labels()
+    legend = {}  # every implementation that appears in any panel (serial-ckpt only in the 5-step ones)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(f"MAML-family meta-training, Conv-4, {first['ways']}-way {first['shots']}-shot\n"
                  f"{first['device']} ({first['cores']} cores, {first['threads']} threads), torch {first['torch']}", fontsize=10)

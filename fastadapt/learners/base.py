@@ -15,6 +15,14 @@ import torch.nn.functional as F
 from ..data.episode import Episode
 
 
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of query logits (or log-probabilities) and the (loss, accuracy) metrics that
+    every classification learner reports from `task_loss`."""
+    loss = F.cross_entropy(logits, targets)
+    accuracy = (logits.argmax(-1) == targets).float().mean()
+    return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+
+
 class Learner(nn.Module, metaclass=abc.ABCMeta):
     #: True when `task_loss` never mutates module state (no BatchNorm running averages), so the
     #: tasks of a meta-batch may run in any order, in any process, and give the same gradient.

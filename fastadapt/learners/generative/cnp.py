@@ -25,7 +25,7 @@ from torch import nn
 from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, classification_loss
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -94,10 +94,7 @@ class CNP(Learner):
     # -- Learner API -------------------------------------------------------------------------
     def task_loss(self, episode: Episode):
         if self.problem == "classification":
-            logits = self.logits(episode)
-            loss = F.cross_entropy(logits, episode.query_y)
-            accuracy = (logits.argmax(-1) == episode.query_y).float().mean()
-            return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+            return classification_loss(self.logits(episode), episode.query_y)
         target_x = torch.cat([episode.support_x, episode.query_x])
         target_y = torch.cat([episode.support_y, episode.query_y])
         mean, std = self.predictive(episode.support_x, episode.support_y, target_x)

@@ -25,7 +25,7 @@ from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...models.backbones import BN_MODES
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, classification_loss
 
 
 def _batch_norm_1d(features: int, bn: str) -> nn.BatchNorm1d:
@@ -122,10 +122,7 @@ class GNNLearner(Learner):
         return self.graph(graphs)[:, 0]
 
     def task_loss(self, episode: Episode):
-        logits = self.logits(episode)
-        loss = F.cross_entropy(logits, episode.query_y)
-        accuracy = (logits.argmax(-1) == episode.query_y).float().mean()
-        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+        return classification_loss(self.logits(episode), episode.query_y)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         with torch.no_grad():

@@ -3,12 +3,11 @@ to the mean embedding (prototype) of each class's support examples."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ...data.episode import Episode
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, classification_loss
 
 
 def prototypes(support_embeddings: torch.Tensor, ways: int) -> torch.Tensor:
@@ -41,10 +40,7 @@ class ProtoNet(Learner):
         return squared_euclidean_logits(z[n_support:], prototypes(z[:n_support], episode.ways))
 
     def task_loss(self, episode: Episode):
-        logits = self.logits(episode)
-        loss = F.cross_entropy(logits, episode.query_y)
-        accuracy = (logits.argmax(-1) == episode.query_y).float().mean()
-        return loss, {"loss": loss.item(), "accuracy": accuracy.item()}
+        return classification_loss(self.logits(episode), episode.query_y)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         with torch.no_grad():
