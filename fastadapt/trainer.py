@@ -194,11 +194,18 @@ def _validate(config: Config) -> None:
         raise FastAdaptError(f"eval.episodes must be >= 1, got {config.eval.episodes}")
 
 
-def _applicable_reference(config: Config, ways, shots) -> dict:
-    """The paper's number applies only to the preset's own test setting and data."""
+def _applicable_reference(config: Config, ways, shots, adapt_steps: int | None = None) -> dict:
+    """The paper's number applies only to the preset's own test setting and data. A preset may
+    give numbers for other test-time step counts under `reference.by_adapt_steps`."""
     own_test = (ways, shots) == (config.eval.ways, config.eval.shots)
     changed = any(o.startswith(("data.", "eval.", "model.", "learner.")) for o in config.overrides)
-    return config.reference if own_test and not changed else {}
+    if not own_test or changed:
+        return {}
+    reference = {k: v for k, v in config.reference.items() if k != "by_adapt_steps"}
+    if adapt_steps is None or adapt_steps == config.learner.args.get("eval_inner_steps"):
+        return reference
+    other = (config.reference.get("by_adapt_steps") or {}).get(adapt_steps)
+    return {"paper": reference.get("paper"), **other} if other else {}
 
 
 def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer:
@@ -258,7 +265,7 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
         "eval_seconds": round(result["seconds"], 2), "train_seconds": round(trainer.state["elapsed"], 2),
         "episodes_file": f"episodes/test-{episodes_tag}.npz", "adapt_steps": getattr(learner, "eval_inner_steps", None),
         "machine": machine_info(trainer.device),
-        "reference": _applicable_reference(config, ways, shots), "overrides": config.overrides,
+        "reference": _applicable_reference(config, ways, shots, adapt_steps), "overrides": config.overrides,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     own = (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) and adapt_steps is None

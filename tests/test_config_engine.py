@@ -80,3 +80,15 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.bin"]
+
+
+def test_paper_reference_follows_the_test_time_step_count():
+    from fastadapt.trainer import _applicable_reference
+    config = load_config("maml-sinusoid-5shot")
+    assert _applicable_reference(config, None, 5) == {"paper": config.reference["paper"], "mse": 0.67}
+    assert _applicable_reference(config, None, 5, adapt_steps=1)["mse"] == 0.67  # the preset's own step count
+    assert _applicable_reference(config, None, 5, adapt_steps=10)["mse"] == 0.35
+    assert _applicable_reference(config, None, 5, adapt_steps=3) == {}  # the paper reports no 3-step figure
+    assert _applicable_reference(config, None, 10, adapt_steps=10) == {}  # another K
+    changed = load_config("maml-sinusoid-5shot", ["learner.args.inner_lr=0.02"])
+    assert _applicable_reference(changed, None, 5, adapt_steps=10) == {}
