@@ -46,6 +46,18 @@ job_maml-sinusoid-10shot() {
   for k in 5 10; do "$FA" eval runs/maml-sinusoid-10shot --adapt-steps $k; done
   keep maml-sinusoid-10shot
 }
+# Variants beyond the paper's MAML: a learned (scalar) inner lr, and 20 query points per task.
+job_maml-sinusoid-5shot-learned-lr() {
+  train maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot --set train.engine=vmap --set learner.args.learn_inner_lr=true
+  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-learned-lr --adapt-steps $k; done
+  keep maml-sinusoid-5shot-learned-lr
+}
+job_maml-sinusoid-5shot-learned-lr-q20() {
+  train maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot --set train.engine=vmap --set learner.args.learn_inner_lr=true \
+      --set train.episodes.queries=20
+  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-learned-lr-q20 --adapt-steps $k; done
+  keep maml-sinusoid-5shot-learned-lr-q20
+}
 job_pretrained-sinusoid-5shot() {
   train pretrained-sinusoid-5shot pretrained-sinusoid-5shot --set train.steps=20000
   for k in 5 10; do "$FA" eval runs/pretrained-sinusoid-5shot --adapt-steps $k; done
@@ -62,8 +74,8 @@ job_sinusoid-figure() {
 }
 short_maml=(--set train.val_every=100 --set train.checkpoint_every=50 --set train.log_every=10)
 job_maml-5w1s()    { train maml-5w1s maml-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep maml-5w1s; }
-job_fomaml-5w1s()  { train fomaml-5w1s fomaml-omniglot-5w1s --set train.steps=300 "${short_maml[@]}"; keep fomaml-5w1s; }
-job_anil-5w1s()    { train anil-5w1s anil-omniglot-5w1s --set train.steps=400 "${short_maml[@]}"; keep anil-5w1s; }
+job_fomaml-5w1s()  { train fomaml-5w1s fomaml-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep fomaml-5w1s; }
+job_anil-5w1s()    { train anil-5w1s anil-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep anil-5w1s; }
 job_metasgd-5w1s() { train metasgd-5w1s metasgd-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep metasgd-5w1s; }
 job_reptile-5w1s() {
   train reptile-5w1s reptile-omniglot-5w1s --set train.steps=2000 --set train.val_every=1000 --set train.checkpoint_every=250
@@ -74,11 +86,11 @@ job_reptile-5w1s() {
 short_20w=(--set train.meta_batch=4 --set train.val_every=100 --set train.checkpoint_every=50 --set train.log_every=10
            --set train.val_episodes=100)
 job_maml-20w1s()    { train maml-20w1s maml-omniglot-20w1s --set train.steps=200 "${short_20w[@]}"; keep maml-20w1s; }
-job_fomaml-20w1s()  { train fomaml-20w1s fomaml-omniglot-20w1s --set train.steps=300 "${short_20w[@]}"; keep fomaml-20w1s; }
+job_fomaml-20w1s()  { train fomaml-20w1s fomaml-omniglot-20w1s --set train.steps=200 "${short_20w[@]}"; keep fomaml-20w1s; }
 job_anil-20w1s()    { train anil-20w1s anil-omniglot-20w1s --set train.steps=300 "${short_20w[@]}"; keep anil-20w1s; }
-job_metasgd-20w1s() { train metasgd-20w1s metasgd-omniglot-20w1s --set train.steps=300 "${short_20w[@]}"; keep metasgd-20w1s; }
+job_metasgd-20w1s() { train metasgd-20w1s metasgd-omniglot-20w1s --set train.steps=200 "${short_20w[@]}"; keep metasgd-20w1s; }
 job_reptile-20w1s() {
-  train reptile-20w1s reptile-omniglot-20w1s --set train.steps=1000 --set train.val_every=500 --set train.checkpoint_every=250
+  train reptile-20w1s reptile-omniglot-20w1s --set train.steps=200 --set train.val_every=100 --set train.checkpoint_every=250
   keep reptile-20w1s
 }
 
@@ -87,17 +99,17 @@ job_reptile-20w1s() {
 # learners with N-way label inputs (GNN, CNP) train once per N. The `-lake` runs train on the 30
 # background alphabets only and are scored on Lake's 20 runs (evaluation alphabets).
 both_ways() { "$FA" eval "runs/$1" --ways 20; keep "$1"; }
-job_protonet-5w1s() { train protonet-5w1s protonet-omniglot-5w1s --set train.steps=2500 --set train.lr_step=625; both_ways protonet-5w1s; }
+job_protonet-5w1s() { train protonet-5w1s protonet-omniglot-5w1s --set train.steps=1200 --set train.lr_step=300; both_ways protonet-5w1s; }
 job_matching-20w1s() { train matching-20w1s matching-omniglot-20w1s --set train.steps=1500; "$FA" eval runs/matching-20w1s --ways 5; keep matching-20w1s; }
 job_relation-5w1s() { train relation-5w1s relation-omniglot-5w1s --set train.steps=2000; both_ways relation-5w1s; }
 job_siamese-5w1s()  { train siamese-5w1s siamese-omniglot-5w1s --set train.steps=3000; both_ways siamese-5w1s; }
-job_baseline-5w1s() { train baseline-5w1s baseline-omniglot-5w1s --set train.steps=4000; both_ways baseline-5w1s; }
-job_baselinepp-5w1s() { train baselinepp-5w1s baselinepp-omniglot-5w1s --set train.steps=4000; both_ways baselinepp-5w1s; }
-job_multitask-5w1s() { train multitask-5w1s multitask-omniglot-5w1s --set train.steps=4000; both_ways multitask-5w1s; }
+job_baseline-5w1s() { train baseline-5w1s baseline-omniglot-5w1s --set train.steps=2500; both_ways baseline-5w1s; }
+job_baselinepp-5w1s() { train baselinepp-5w1s baselinepp-omniglot-5w1s --set train.steps=2500; both_ways baselinepp-5w1s; }
+job_multitask-5w1s() { train multitask-5w1s multitask-omniglot-5w1s --set train.steps=2500; both_ways multitask-5w1s; }
 job_gnn-5w1s()  { train gnn-5w1s gnn-omniglot-5w1s --set train.steps=2000; keep gnn-5w1s; }
 job_gnn-20w1s() { train gnn-20w1s gnn-omniglot-20w1s --set train.steps=800; keep gnn-20w1s; }
 job_cnp-5w1s()  { train cnp-5w1s cnp-omniglot-5w1s --set train.steps=800 --set train.val_every=400; keep cnp-5w1s; }
-job_cnp-20w1s() { train cnp-20w1s cnp-omniglot-20w1s --set train.steps=300 --set train.val_every=150; keep cnp-20w1s; }
+job_cnp-20w1s() { train cnp-20w1s cnp-omniglot-20w1s --set train.steps=150 --set train.val_every=75; keep cnp-20w1s; }
 job_cnp-gp1d()  { train cnp-gp1d cnp-gp1d --set train.steps=10000 --set train.val_every=5000 --set train.checkpoint_every=2500
                   "$PY" scripts/np_regression.py runs/cnp-gp1d --context 1 2 5 10 20 50; keep cnp-gp1d; }
 job_np-gp1d()   { train np-gp1d np-gp1d --set train.steps=10000 --set train.val_every=5000 --set train.checkpoint_every=2500
@@ -105,14 +117,14 @@ job_np-gp1d()   { train np-gp1d np-gp1d --set train.steps=10000 --set train.val_
 
 lake() { "$FA" lake "runs/$1"; keep "$1"; }
 job_protonet-lake() { train protonet-lake protonet-omniglot-quick "${lake_split[@]}" --set train.steps=1000 --set train.lr_step=250; lake protonet-lake; }
-job_matching-lake() { train matching-lake matching-omniglot-20w1s "${lake_split[@]}" --set train.steps=1500; lake matching-lake; }
-job_relation-lake() { train relation-lake relation-omniglot-5w1s "${lake_split[@]}" --set train.steps=2000 --set eval.ways=20; lake relation-lake; }
-job_siamese-lake()  { train siamese-lake siamese-omniglot-lake --set train.steps=3000; lake siamese-lake; }
-job_baseline-lake() { train baseline-lake baseline-omniglot-20w1s "${lake_split[@]}" --set train.steps=4000; lake baseline-lake; }
-job_baselinepp-lake() { train baselinepp-lake baselinepp-omniglot-20w1s "${lake_split[@]}" --set train.steps=4000; lake baselinepp-lake; }
-job_multitask-lake() { train multitask-lake multitask-omniglot-5w1s "${lake_split[@]}" --set train.steps=4000 --set eval.ways=20; lake multitask-lake; }
+job_matching-lake() { train matching-lake matching-omniglot-20w1s "${lake_split[@]}" --set train.steps=800; lake matching-lake; }
+job_relation-lake() { train relation-lake relation-omniglot-5w1s "${lake_split[@]}" --set train.steps=1000 --set eval.ways=20; lake relation-lake; }
+job_siamese-lake()  { train siamese-lake siamese-omniglot-lake --set train.steps=2000; lake siamese-lake; }
+job_baseline-lake() { train baseline-lake baseline-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baseline-lake; }
+job_baselinepp-lake() { train baselinepp-lake baselinepp-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baselinepp-lake; }
+job_multitask-lake() { train multitask-lake multitask-omniglot-5w1s "${lake_split[@]}" --set train.steps=2000 --set eval.ways=20; lake multitask-lake; }
 job_gnn-lake()  { train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.steps=800; lake gnn-lake; }
-job_cnp-lake()  { train cnp-lake cnp-omniglot-20w1s "${lake_split[@]}" --set train.steps=300; lake cnp-lake; }
+job_cnp-lake()  { train cnp-lake cnp-omniglot-20w1s "${lake_split[@]}" --set train.steps=150; lake cnp-lake; }
 
 JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrained-sinusoid-10shot
       maml-5w1s protonet-5w1s fomaml-5w1s matching-20w1s anil-5w1s relation-5w1s metasgd-5w1s siamese-5w1s

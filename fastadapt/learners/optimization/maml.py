@@ -209,7 +209,7 @@ class MAML(Learner):
     def describe(self) -> dict:
         bn = getattr(self.model, "bn", "none")
         return {"bn_mode": bn, "inner_steps": self.inner_steps, "eval_inner_steps": self.eval_inner_steps,
-                "inner_lr": float(self.inner_lr), "first_order": self.first_order,
+                "inner_lr": float(self.inner_lr.detach()), "first_order": self.first_order,
                 "learn_inner_lr": isinstance(self.inner_lr, nn.Parameter), "multi_step_loss": self.multi_step_loss,
                 "msl_fraction": self.msl_fraction, "lslr": bool(len(self.lslr)),
                 "per_step_bn": bool(len(self.bn_steps)), "first_order_fraction": self.first_order_fraction,
