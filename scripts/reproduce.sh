@@ -78,19 +78,19 @@ job_fomaml-5w1s()  { train fomaml-5w1s fomaml-omniglot-5w1s --set train.steps=20
 job_anil-5w1s()    { train anil-5w1s anil-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep anil-5w1s; }
 job_metasgd-5w1s() { train metasgd-5w1s metasgd-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep metasgd-5w1s; }
 job_reptile-5w1s() {
-  train reptile-5w1s reptile-omniglot-5w1s --set train.steps=2000 --set train.val_every=1000 --set train.checkpoint_every=250
+  train reptile-5w1s reptile-omniglot-5w1s --set train.steps=1000 --set train.val_every=500 --set train.checkpoint_every=250
   keep reptile-5w1s
 }
 # 20-way: 5 inner steps on 20-way episodes cost ~10x a 5-way task; meta-batch 4 instead of 16 so
 # that the short run takes more (noisier) meta-steps.
 short_20w=(--set train.meta_batch=4 --set train.val_every=100 --set train.checkpoint_every=50 --set train.log_every=10
            --set train.val_episodes=100)
-job_maml-20w1s()    { train maml-20w1s maml-omniglot-20w1s --set train.steps=200 "${short_20w[@]}"; keep maml-20w1s; }
-job_fomaml-20w1s()  { train fomaml-20w1s fomaml-omniglot-20w1s --set train.steps=200 "${short_20w[@]}"; keep fomaml-20w1s; }
-job_anil-20w1s()    { train anil-20w1s anil-omniglot-20w1s --set train.steps=300 "${short_20w[@]}"; keep anil-20w1s; }
-job_metasgd-20w1s() { train metasgd-20w1s metasgd-omniglot-20w1s --set train.steps=200 "${short_20w[@]}"; keep metasgd-20w1s; }
+job_maml-20w1s()    { train maml-20w1s maml-omniglot-20w1s --set train.steps=100 "${short_20w[@]}"; keep maml-20w1s; }
+job_fomaml-20w1s()  { train fomaml-20w1s fomaml-omniglot-20w1s --set train.steps=100 "${short_20w[@]}"; keep fomaml-20w1s; }
+job_anil-20w1s()    { train anil-20w1s anil-omniglot-20w1s --set train.steps=150 "${short_20w[@]}"; keep anil-20w1s; }
+job_metasgd-20w1s() { train metasgd-20w1s metasgd-omniglot-20w1s --set train.steps=100 "${short_20w[@]}"; keep metasgd-20w1s; }
 job_reptile-20w1s() {
-  train reptile-20w1s reptile-omniglot-20w1s --set train.steps=200 --set train.val_every=100 --set train.checkpoint_every=250
+  train reptile-20w1s reptile-omniglot-20w1s --set train.steps=100 --set train.val_every=50 --set train.checkpoint_every=250
   keep reptile-20w1s
 }
 
@@ -100,19 +100,19 @@ job_reptile-20w1s() {
 # background alphabets only and are scored on Lake's 20 runs (evaluation alphabets).
 both_ways() { "$FA" eval "runs/$1" --ways 20; keep "$1"; }
 job_protonet-5w1s() { train protonet-5w1s protonet-omniglot-5w1s --set train.steps=1200 --set train.lr_step=300; both_ways protonet-5w1s; }
-job_matching-20w1s() { train matching-20w1s matching-omniglot-20w1s --set train.steps=1500; "$FA" eval runs/matching-20w1s --ways 5; keep matching-20w1s; }
-job_relation-5w1s() { train relation-5w1s relation-omniglot-5w1s --set train.steps=2000; both_ways relation-5w1s; }
-job_siamese-5w1s()  { train siamese-5w1s siamese-omniglot-5w1s --set train.steps=3000; both_ways siamese-5w1s; }
+job_matching-20w1s() { train matching-20w1s matching-omniglot-20w1s --set train.steps=1000; "$FA" eval runs/matching-20w1s --ways 5; keep matching-20w1s; }
+job_relation-5w1s() { train relation-5w1s relation-omniglot-5w1s --set train.steps=1200; both_ways relation-5w1s; }
+job_siamese-5w1s()  { train siamese-5w1s siamese-omniglot-5w1s --set train.steps=2000; both_ways siamese-5w1s; }
 job_baseline-5w1s() { train baseline-5w1s baseline-omniglot-5w1s --set train.steps=2500; both_ways baseline-5w1s; }
 job_baselinepp-5w1s() { train baselinepp-5w1s baselinepp-omniglot-5w1s --set train.steps=2500; both_ways baselinepp-5w1s; }
 job_multitask-5w1s() { train multitask-5w1s multitask-omniglot-5w1s --set train.steps=2500; both_ways multitask-5w1s; }
-job_gnn-5w1s()  { train gnn-5w1s gnn-omniglot-5w1s --set train.steps=2000; keep gnn-5w1s; }
-job_gnn-20w1s() { train gnn-20w1s gnn-omniglot-20w1s --set train.steps=800; keep gnn-20w1s; }
-job_cnp-5w1s()  { train cnp-5w1s cnp-omniglot-5w1s --set train.steps=800 --set train.val_every=400; keep cnp-5w1s; }
+job_gnn-5w1s()  { train gnn-5w1s gnn-omniglot-5w1s --set train.steps=1200; keep gnn-5w1s; }
+job_gnn-20w1s() { train gnn-20w1s gnn-omniglot-20w1s --set train.steps=500; keep gnn-20w1s; }
+job_cnp-5w1s()  { train cnp-5w1s cnp-omniglot-5w1s --set train.steps=500 --set train.val_every=250; keep cnp-5w1s; }
 job_cnp-20w1s() { train cnp-20w1s cnp-omniglot-20w1s --set train.steps=150 --set train.val_every=75; keep cnp-20w1s; }
-job_cnp-gp1d()  { train cnp-gp1d cnp-gp1d --set train.steps=10000 --set train.val_every=5000 --set train.checkpoint_every=2500
+job_cnp-gp1d()  { train cnp-gp1d cnp-gp1d --set train.steps=6000 --set train.val_every=3000 --set train.checkpoint_every=2500
                   "$PY" scripts/np_regression.py runs/cnp-gp1d --context 1 2 5 10 20 50; keep cnp-gp1d; }
-job_np-gp1d()   { train np-gp1d np-gp1d --set train.steps=10000 --set train.val_every=5000 --set train.checkpoint_every=2500
+job_np-gp1d()   { train np-gp1d np-gp1d --set train.steps=6000 --set train.val_every=3000 --set train.checkpoint_every=2500
                   "$PY" scripts/np_regression.py runs/np-gp1d --context 1 2 5 10 20 50; keep np-gp1d; }
 
 lake() { "$FA" lake "runs/$1"; keep "$1"; }
@@ -123,7 +123,7 @@ job_siamese-lake()  { train siamese-lake siamese-omniglot-lake --set train.steps
 job_baseline-lake() { train baseline-lake baseline-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baseline-lake; }
 job_baselinepp-lake() { train baselinepp-lake baselinepp-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baselinepp-lake; }
 job_multitask-lake() { train multitask-lake multitask-omniglot-5w1s "${lake_split[@]}" --set train.steps=2000 --set eval.ways=20; lake multitask-lake; }
-job_gnn-lake()  { train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.steps=800; lake gnn-lake; }
+job_gnn-lake()  { train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.steps=500; lake gnn-lake; }
 job_cnp-lake()  { train cnp-lake cnp-omniglot-20w1s "${lake_split[@]}" --set train.steps=150; lake cnp-lake; }
 
 JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrained-sinusoid-10shot

@@ -61,7 +61,8 @@ def main(argv=None) -> None:
                         label=f"after {k} step{'s' if k != 1 else ''}")
             ax.scatter(task.support_x.squeeze(-1), task.support_y.squeeze(-1), color="k", marker="^", zorder=3,
                        label=f"{len(task.support_x)} support points")
-            ax.set(title=f"{label}, task {col}", ylim=(-6, 6))
+            ax.set_title(f"{label}, task {col}", fontsize=9)
+            ax.set_ylim(-6, 6)
             if col == 0:
                 ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()

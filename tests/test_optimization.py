@@ -372,3 +372,16 @@ def test_preset_builds_its_learner(name):
     learner = build_learner(config, shape)
     assert learner.describe()["bn_mode"] in ("transductive", "none")
     assert name == "anil-omniglot-5w1s" or config.reference.get("paper")
+
+
+def test_predict_never_reads_the_query_labels():
+    """Adapting on the support set and predicting a query grid of any length: the labels of the
+    queries are neither needed nor used (as scripts/sinusoid_figure.py does)."""
+    torch.manual_seed(0)
+    learner = MAML(MLP(1, (8,), 1), inner_steps=2, inner_lr=0.1, problem="regression")
+    task = linear_task(0, dim=1)
+    grid = torch.linspace(-1, 1, 11).unsqueeze(-1)
+    without_labels = learner.predict(Episode(task.support_x, task.support_y, grid, torch.full((3,), float("nan"))))
+    params = adapt(learner.forward_with, dict(learner.model.named_parameters()), task.support_x, task.support_y,
+                   torch.nn.functional.mse_loss, 2, 0.1, second_order=False)
+    torch.testing.assert_close(without_labels, learner.forward_with(params, grid).detach())

@@ -148,8 +148,9 @@ class MAML(Learner):
 
     def unrolled_loss(self, support_x, support_y, query_x, query_y, steps: int, second_order: bool,
                       use_func: bool = False, training: bool = True) -> tuple[torch.Tensor, torch.Tensor, Params]:
-        """Meta-loss of one task (multi-step weighted when enabled), final query prediction and
-        adapted parameters. `use_func`: inner gradients by torch.func.grad (for vmap)."""
+        """Meta-loss of one task (multi-step weighted when enabled; None when `query_y` is None),
+        final query prediction and adapted parameters. `use_func`: inner gradients by
+        torch.func.grad (for vmap)."""
         s_in, q_in = self.inputs(support_x, query_x)
         weights = msl_weights(steps, self.progress, self.msl_fraction) if (self.multi_step_loss and training) \
             else [0.0] * (steps - 1) + [1.0]
@@ -163,6 +164,8 @@ class MAML(Learner):
                             checkpointed=self.checkpoint_inner and training)
             if weights[k] > 0:
                 prediction = self.forward_at(fast, q_in, k)
+                if query_y is None:  # prediction only: the query labels are never looked at
+                    continue
                 term = weights[k] * self.loss_fn(prediction, query_y)
                 loss = term if loss is None else loss + term
         return loss, prediction, fast
@@ -199,7 +202,7 @@ class MAML(Learner):
     def predict(self, episode: Episode) -> torch.Tensor:
         with torch.enable_grad():  # evaluation may run under no_grad; adaptation needs gradients
             _, prediction, _ = self.unrolled_loss(episode.support_x, episode.support_y, episode.query_x,
-                                                  episode.query_y, self.eval_inner_steps, False, training=False)
+                                                  None, self.eval_inner_steps, False, training=False)
         return prediction.detach()
 
     def fast_weights(self, episode: Episode, steps: int, second_order: bool) -> Params:
