@@ -8,7 +8,7 @@
 #   bash scripts/reproduce.sh run maml-5w1s                # one job
 #   bash scripts/reproduce.sh list | xargs -P 2 -n 1 bash scripts/reproduce.sh run   # all, 2 at a time
 #   bash scripts/reproduce.sh keep NAME                    # copy a finished run's results again
-#   bash scripts/reproduce.sh table                        # RESULTS table + plot from results/
+#   bash scripts/reproduce.sh table                        # RESULTS.md + plots from results/
 #
 # Shortened schedules: the presets keep the papers' full lengths; the `train.steps=` overrides
 # below are what fits a 3-hour session on 2 CPU cores, and are recorded in each result.
@@ -33,7 +33,10 @@ keep() {  # keep NAME: copy the run's small result files into results/NAME
   done
   return 0
 }
-lake_split=(--set data.train_split=background --set data.val_split=null --set data.test_split=evaluation)
+# The -lake runs: trained on the background alphabets; their own test (200 episodes on the
+# evaluation alphabets) is a sanity check, the Lake 20-run score is their result.
+lake_split=(--set data.train_split=background --set data.val_split=null --set data.test_split=evaluation
+            --set eval.episodes=200)
 
 # -- issue 3: optimisation-based family ------------------------------------------------------
 job_maml-sinusoid-5shot() {
@@ -118,25 +121,26 @@ job_np-gp1d()   { train np-gp1d np-gp1d --set train.steps=6000 --set train.val_e
 lake() { "$FA" lake "runs/$1"; keep "$1"; }
 job_protonet-lake() { train protonet-lake protonet-omniglot-quick "${lake_split[@]}" --set train.steps=1000 --set train.lr_step=250; lake protonet-lake; }
 job_matching-lake() { train matching-lake matching-omniglot-20w1s "${lake_split[@]}" --set train.steps=800; lake matching-lake; }
-job_relation-lake() { train relation-lake relation-omniglot-5w1s "${lake_split[@]}" --set train.steps=1000 --set eval.ways=20; lake relation-lake; }
-job_siamese-lake()  { train siamese-lake siamese-omniglot-lake --set train.steps=2000; lake siamese-lake; }
+job_relation-lake() { train relation-lake relation-omniglot-5w1s "${lake_split[@]}" --set train.steps=800; lake relation-lake; }
+job_siamese-lake()  { train siamese-lake siamese-omniglot-lake --set train.steps=2000 --set eval.episodes=200; lake siamese-lake; }
 job_baseline-lake() { train baseline-lake baseline-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baseline-lake; }
 job_baselinepp-lake() { train baselinepp-lake baselinepp-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baselinepp-lake; }
-job_multitask-lake() { train multitask-lake multitask-omniglot-5w1s "${lake_split[@]}" --set train.steps=2000 --set eval.ways=20; lake multitask-lake; }
+job_multitask-lake() { train multitask-lake multitask-omniglot-5w1s "${lake_split[@]}" --set train.steps=2000; lake multitask-lake; }
 job_gnn-lake()  { train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.steps=500; lake gnn-lake; }
 job_cnp-lake()  { train cnp-lake cnp-omniglot-20w1s "${lake_split[@]}" --set train.steps=150; lake cnp-lake; }
 
 JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrained-sinusoid-10shot
       maml-5w1s protonet-5w1s fomaml-5w1s matching-20w1s anil-5w1s relation-5w1s metasgd-5w1s siamese-5w1s
-      reptile-5w1s baseline-5w1s baselinepp-5w1s multitask-5w1s gnn-5w1s cnp-5w1s
-      maml-20w1s gnn-20w1s fomaml-20w1s cnp-20w1s anil-20w1s metasgd-20w1s reptile-20w1s
+      reptile-5w1s baseline-5w1s baselinepp-5w1s multitask-5w1s gnn-5w1s cnp-5w1s gnn-20w1s cnp-20w1s
       cnp-gp1d np-gp1d
-      protonet-lake matching-lake relation-lake siamese-lake baseline-lake baselinepp-lake gnn-lake cnp-lake multitask-lake)
+      protonet-lake siamese-lake matching-lake relation-lake baseline-lake baselinepp-lake gnn-lake cnp-lake multitask-lake
+      anil-20w1s maml-20w1s metasgd-20w1s fomaml-20w1s reptile-20w1s
+      maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot-learned-lr-q20)
 
 case "${1:-}" in
   list) printf '%s\n' "${JOBS[@]}" ;;
   run) shift; for job in "$@"; do "job_$job"; done ;;
   keep) shift; for name in "$@"; do keep "$name"; done ;;
-  table) job_sinusoid-figure; "$FA" results results/*/ --out results/table.md --plot results/comparison.png ;;
+  table) job_sinusoid-figure; "$FA" results results/*/ --plot results/comparison.png >/dev/null; "$PY" scripts/results_md.py ;;
   *) echo "usage: $0 list | run JOB... | keep NAME... | table" >&2; exit 2 ;;
 esac

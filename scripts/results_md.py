@@ -1,0 +1,45 @@
+"""Write RESULTS.md: the table that `fastadapt results` generates from results/*/, the NP/CNP
+context-size table from results/*/np_regression.json, and the figures; the notes around them
+live in results/head.md and results/notes.md.
+
+    .venv/bin/python scripts/results_md.py          # after `bash scripts/reproduce.sh table`
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastadapt.results import results_table
+from fastadapt.utils import atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def np_table(paths: list[Path]) -> str:
+    rows = ["| run | method | train steps | context points | log-likelihood / target point | MSE |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for path in paths:
+        r = json.loads(path.read_text())
+        for c in r["results"]:
+            rows.append(f"| {path.parent.name} | {r['method']} | {r['train_steps']} | {c['context']} | "
+                        f"{c['log_likelihood']:.3f} ± {c['log_likelihood_ci95']:.3f} | {c['mse']:.4f} ± {c['mse_ci95']:.4f} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    results = ROOT / "results"
+    runs = sorted(p for p in results.iterdir() if (p / "config.yaml").is_file())
+    table = results_table([p.relative_to(ROOT) for p in runs])
+    np_runs = sorted(results.glob("*/np_regression.json"))
+    parts = [(results / "head.md").read_text().rstrip(), table.rstrip()]
+    if np_runs:
+        parts += ["## Neural processes against the number of context points (1-D GP regression)",
+                  "Fixed test tasks (the run's eval seed), 100 target points each; "
+                  "`python scripts/np_regression.py RUN --context 1 2 5 10 20 50`.", np_table(np_runs)]
+    parts.append((results / "notes.md").read_text().rstrip())
+    atomic_write_text(ROOT / "RESULTS.md", "\n\n".join(parts) + "\n")
+    print(f"wrote {ROOT / 'RESULTS.md'} ({len(runs)} runs)")
+
+
+if __name__ == "__main__":
+    main()
