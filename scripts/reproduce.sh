@@ -110,7 +110,10 @@ job_baseline-5w1s() { train baseline-5w1s baseline-omniglot-5w1s --set train.ste
 job_baselinepp-5w1s() { train baselinepp-5w1s baselinepp-omniglot-5w1s --set train.steps=2500; both_ways baselinepp-5w1s; }
 job_multitask-5w1s() { train multitask-5w1s multitask-omniglot-5w1s --set train.steps=2500; both_ways multitask-5w1s; }
 job_gnn-5w1s()  { train gnn-5w1s gnn-omniglot-5w1s --set train.steps=1200; keep gnn-5w1s; }
-job_gnn-20w1s() { train gnn-20w1s gnn-omniglot-20w1s --set train.steps=500; keep gnn-20w1s; }
+# GNN at 20 ways: every query is its own 21-node graph, 3.3 s per 100-graph training step and
+# ~3 s per 20-way 15-query test episode on one core; so 1 query per class in training and 100
+# test episodes (20 for the -lake run's own test; its Lake score uses all 400 trials).
+job_gnn-20w1s() { train gnn-20w1s gnn-omniglot-20w1s --set train.steps=300 --set train.episodes.queries=1 --set eval.episodes=100; keep gnn-20w1s; }
 job_cnp-5w1s()  { train cnp-5w1s cnp-omniglot-5w1s --set train.steps=500 --set train.val_every=250; keep cnp-5w1s; }
 job_cnp-20w1s() { train cnp-20w1s cnp-omniglot-20w1s --set train.steps=150 --set train.val_every=75; keep cnp-20w1s; }
 job_cnp-gp1d()  { train cnp-gp1d cnp-gp1d --set train.steps=6000 --set train.val_every=3000 --set train.checkpoint_every=2500
@@ -126,7 +129,7 @@ job_siamese-lake()  { train siamese-lake siamese-omniglot-lake --set train.steps
 job_baseline-lake() { train baseline-lake baseline-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baseline-lake; }
 job_baselinepp-lake() { train baselinepp-lake baselinepp-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baselinepp-lake; }
 job_multitask-lake() { train multitask-lake multitask-omniglot-5w1s "${lake_split[@]}" --set train.steps=2000; lake multitask-lake; }
-job_gnn-lake()  { train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.steps=500; lake gnn-lake; }
+job_gnn-lake()  { train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.steps=300 --set train.episodes.queries=1 --set eval.episodes=20; lake gnn-lake; }
 job_cnp-lake()  { train cnp-lake cnp-omniglot-20w1s "${lake_split[@]}" --set train.steps=150; lake cnp-lake; }
 
 JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrained-sinusoid-10shot
