@@ -82,3 +82,5 @@ def test_train_eval_and_lake_on_a_background_run(real_data_root, tmp_path, capsy
     main_record = json.loads((run / "eval.json").read_text())
     assert f"{100 * main_record['accuracy']:.2f} ± {100 * main_record['ci95']:.2f}" in table
     assert f"| {100 * lake['accuracy']:.2f} |" in table and table.count("\n") == 2 + 3  # header + 3 rows
+    lake_row = next(line for line in table.splitlines() if "Lake 20-run" in line)
+    assert f"| {main_record['train_steps']} |" in lake_row  # the Lake row names the training it scores
