@@ -82,17 +82,22 @@ def fastadapt_step(args, cfg, impl):
     return step, workers, engine
 
 
+def peer_model(args, algo: str, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(frozen-in-the-inner-loop body, adapted model) for the peers, seeded like fastadapt's:
+    ANIL adapts a linear head on Conv-4 features, the others the whole Conv-4 (NCHW)."""
+    torch.manual_seed(0)
+    if algo == "anil":
+        return Conv4(bn="transductive").to(device), nn.Linear(64, args.ways).to(device)
+    return nn.Identity(), Conv4(out_features=args.ways, bn="transductive").to(device)
+
+
 # -- higher ---------------------------------------------------------------------------------
 
 def higher_step(args, cfg, impl):
     import higher
     device = torch.device(args.device)
     algo, steps, lr = cfg["algo"], cfg["inner_steps"], args.inner_lr
-    torch.manual_seed(0)
-    if algo == "anil":
-        body, model = Conv4(bn="transductive").to(device), nn.Linear(64, args.ways).to(device)
-    else:
-        body, model = nn.Identity(), Conv4(out_features=args.ways, bn="transductive").to(device)
+    body, model = peer_model(args, algo, device)
     params = list(model.parameters())
     lrs = [nn.Parameter(torch.full_like(p, lr)) for p in params] if algo == "metasgd" else []
     optimizer = torch.optim.Adam([*body.parameters(), *params, *lrs], 1e-3)
@@ -125,11 +130,7 @@ def torchopt_step(args, cfg, impl):
     import torchopt
     device = torch.device(args.device)
     algo, steps, lr = cfg["algo"], cfg["inner_steps"], args.inner_lr
-    torch.manual_seed(0)
-    if algo == "anil":
-        body, model = Conv4(bn="transductive").to(device), nn.Linear(64, args.ways).to(device)
-    else:
-        body, model = nn.Identity(), Conv4(out_features=args.ways, bn="transductive").to(device)
+    body, model = peer_model(args, algo, device)
     names = [n for n, _ in model.named_parameters()]
     lrs = [nn.Parameter(torch.full_like(p, lr)) for p in model.parameters()] if algo == "metasgd" else []
     optimizer = torch.optim.Adam([*body.parameters(), *model.parameters(), *lrs], 1e-3)
