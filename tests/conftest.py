@@ -93,3 +93,14 @@ def real_data_root() -> Path:
             pytest.fail(message + "; CI must run the real-data tests")
         pytest.skip(message)
     return root
+
+
+@pytest.fixture
+def float64():
+    """Gradient checks in double precision; restored so other test modules are unaffected.
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("float64")`."""
+    import torch
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

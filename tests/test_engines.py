@@ -4,29 +4,18 @@ for every chunking; and the engine choice and its errors."""
 import pytest
 import torch
 
-from fastadapt.data.episode import Episode
 from fastadapt.engine import ForkEngine, SerialEngine, VmapEngine, make_engine
 from fastadapt.errors import FastAdaptError
 from fastadapt.learners.metric.protonet import ProtoNet
 from fastadapt.learners.optimization.maml import FOMAML, MAML
 from fastadapt.models.backbones import Conv4
 
+from helpers import image_task
+
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # the CUDA device only steers `auto`; nothing runs on it
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def image_task(seed, ways=3, shots=2, queries=2, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return Episode(torch.rand(ways * shots, 1, size, size, generator=g), torch.arange(ways).repeat_interleave(shots),
-                   torch.rand(ways * queries, 1, size, size, generator=g),
-                   torch.arange(ways).repeat_interleave(queries), ways=ways, shots=shots)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def learner_of(cls=MAML, **kwargs):

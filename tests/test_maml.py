@@ -11,15 +11,10 @@ from fastadapt.engine import ForkEngine, SerialEngine
 from fastadapt.learners.optimization.maml import FOMAML, MAML, adapt
 from fastadapt.models.backbones import Conv4
 
+from helpers import image_task
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Gradient checks in double precision; restored so other test modules are unaffected."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def linear_task(seed, n_support=6, n_query=8, dim=3):
@@ -65,14 +60,6 @@ def test_first_order_differs_from_second_order():
         loss, _ = cls.build(model, None, inner_steps=2, inner_lr=0.1).task_loss(task)
         grads.append(torch.autograd.grad(loss, [model.weight])[0])
     assert (grads[0] - grads[1]).abs().max() > 1e-3
-
-
-def image_task(seed, ways=3, shots=2, queries=2, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return Episode(torch.rand(ways * shots, 1, size, size, generator=g),
-                   torch.arange(ways).repeat_interleave(shots),
-                   torch.rand(ways * queries, 1, size, size, generator=g),
-                   torch.arange(ways).repeat_interleave(queries), ways=ways, shots=shots)
 
 
 def small_maml(**kwargs):

@@ -17,12 +17,7 @@ from fastadapt.learners.metric.siamese import SiameseNetwork, balanced_pairs, co
 from fastadapt.models.backbones import Conv4
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def episode_2d(ways=2, shots=2):

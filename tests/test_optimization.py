@@ -17,13 +17,10 @@ from fastadapt.learners.optimization.metasgd import MetaSGD
 from fastadapt.learners.optimization.reptile import Reptile, minibatch_indices
 from fastadapt.models.backbones import MLP, Conv4
 
+from helpers import image_task
 
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def linear_task(seed, n_support=6, n_query=8, dim=3):
@@ -31,13 +28,6 @@ def linear_task(seed, n_support=6, n_query=8, dim=3):
     xs, xq = torch.randn(n_support, dim, generator=g), torch.randn(n_query, dim, generator=g)
     w_true = torch.randn(dim, 1, generator=g)
     return Episode(xs, xs @ w_true, xq, xq @ w_true + 0.1, ways=None, shots=n_support)
-
-
-def image_task(seed, ways=3, shots=2, queries=2, size=16):
-    g = torch.Generator().manual_seed(seed)
-    return Episode(torch.rand(ways * shots, 1, size, size, generator=g), torch.arange(ways).repeat_interleave(shots),
-                   torch.rand(ways * queries, 1, size, size, generator=g),
-                   torch.arange(ways).repeat_interleave(queries), ways=ways, shots=shots)
 
 
 def conv_learner(cls=MAML, **kwargs):
