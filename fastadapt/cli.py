@@ -89,6 +89,10 @@ def _print_result(result: dict) -> None:
     task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
     print(f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
           f"{result['episodes']} episodes, seed {result['seed']}, BN {result['bn_mode']})")
+    if result.get("diverged_episodes"):
+        steps = f" after {result['adapt_steps']} steps" if result.get("adapt_steps") else ""
+        print(f"warning: adaptation diverged{steps} (non-finite {metric}) on {result['diverged_episodes']} of "
+              f"{result['episodes']} test episodes; the mean is not finite")
 
 
 def _eval(args) -> int:

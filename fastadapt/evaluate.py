@@ -40,9 +40,12 @@ def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device
                 progress()
     finally:
         learner.train(was_training)
+    # A diverged adaptation (e.g. more test-time steps than a learned step size tolerates) gives
+    # a non-finite metric; the mean then stays non-finite, and the count says how many diverged.
+    nonfinite = int(np.sum(~np.isfinite(values)))
     return {"metric": learner.primary_metric, "mean": float(np.mean(values)), "ci95": ci95(values),
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
-            "episodes": len(values), "seconds": time.perf_counter() - started}
+            "episodes": len(values), "nonfinite": nonfinite, "seconds": time.perf_counter() - started}
 
 
 def better(metric: str, new: float, old: float | None) -> bool:

@@ -40,6 +40,10 @@ def _benchmark(r: dict) -> str:
     return f"{r['dataset']} {r['shots']}-shot regression{after}"
 
 
+def _mse(value: float, ci: float) -> str:
+    return f"{value:.3f} ± {ci:.3f}" if abs(value) < 1e3 else f"{value:.2g} ± {ci:.2g}"  # a blow-up, not a fit
+
+
 def _row(r: dict) -> str:
     preset = " ".join([r["preset"]] + [f"`{o}`" for o in r.get("overrides") or []])
     machine = f"{r['machine']['cores']}-core {r['machine']['device']}" if r.get("machine") else "–"
@@ -49,7 +53,9 @@ def _row(r: dict) -> str:
                 f"{minutes:.1f} | {machine} | {preset} | {r['run']} |")
     task = _benchmark(r)
     metric = "accuracy" if "accuracy" in r else "mse"
-    value = f"{100 * r[metric]:.2f} ± {100 * r['ci95']:.2f}" if metric == "accuracy" else f"{r[metric]:.3f} ± {r['ci95']:.3f}"
+    value = f"{100 * r[metric]:.2f} ± {100 * r['ci95']:.2f}" if metric == "accuracy" else _mse(r[metric], r["ci95"])
+    if r.get("diverged_episodes"):
+        value = f"diverged on {r['diverged_episodes']} of {r['episodes']} episodes"
     reference = r.get("reference", {}).get(metric)
     reference = "–" if reference is None else (f"{100 * reference:.1f}" if metric == "accuracy" else f"{reference}")
     return (f"| {r['method']} | {task} ({r['episodes']} ep.) | {value} | {reference} | "

@@ -259,7 +259,7 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
         "preset": config.name, "method": config.learner.name, "dataset": config.data.dataset,
         "split": config.data.test_split, "ways": ways, "shots": shots, "queries": queries,
         "episodes": episodes, "seed": seed, result["metric"]: result["mean"], "ci95": result["ci95"],
-        "std": result["std"], "learner": learner.describe(),
+        "std": result["std"], "diverged_episodes": result["nonfinite"], "learner": learner.describe(),
         "bn_mode": learner.describe().get("bn_mode", "none"),
         "train_steps": trainer.state["step"], "selected_step": trainer.state["best_step"],
         "eval_seconds": round(result["seconds"], 2), "train_seconds": round(trainer.state["elapsed"], 2),

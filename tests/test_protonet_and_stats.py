@@ -37,3 +37,21 @@ def test_ci95_formula():
     assert math.isclose(ci95([1.0, 0.0, 1.0, 1.0]), 0.49, rel_tol=1e-12)
     assert ci95([0.5] * 10) == 0.0
     assert math.isnan(ci95([1.0]))
+
+
+def test_evaluate_counts_diverged_adaptations():
+    """An inner lr far above 2 / curvature makes gradient descent blow up to inf/nan: the evaluator
+    must say how many episodes diverged instead of silently reporting a non-finite mean."""
+    from fastadapt.evaluate import evaluate
+    from fastadapt.learners.optimization.maml import MAML
+    from fastadapt.models.backbones import MLP
+
+    g = torch.Generator().manual_seed(0)
+    episodes = [Episode(torch.randn(5, 1, generator=g), torch.randn(5, 1, generator=g),
+                        torch.randn(20, 1, generator=g), torch.randn(20, 1, generator=g), ways=None, shots=5)
+                for _ in range(3)]
+    torch.manual_seed(0)
+    stable = evaluate(MAML(MLP(), inner_lr=0.01, eval_inner_steps=10, problem="regression"), episodes, torch.device("cpu"))
+    assert stable["nonfinite"] == 0 and math.isfinite(stable["mean"])
+    exploding = evaluate(MAML(MLP(), inner_lr=1e4, eval_inner_steps=10, problem="regression"), episodes, torch.device("cpu"))
+    assert exploding["nonfinite"] == 3 and not math.isfinite(exploding["mean"])
