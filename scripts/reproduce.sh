@@ -61,6 +61,33 @@ job_maml-sinusoid-5shot-learned-lr-q20() {
   for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-learned-lr-q20 --adapt-steps $k; done
   keep maml-sinusoid-5shot-learned-lr-q20
 }
+# MAML with two MAML++ options: a learned inner lr per layer (LSLR; one step) and the outer lr
+# cosine-annealed to 1e-5 over the 70k iterations.
+job_maml-sinusoid-5shot-lslr-cosine() {
+  train maml-sinusoid-5shot-lslr-cosine maml-sinusoid-5shot --set train.engine=vmap --set learner.args.lslr=true \
+      --set train.lr_schedule=cosine --set train.lr_min=0.00001
+  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-lslr-cosine --adapt-steps $k; done
+  keep maml-sinusoid-5shot-lslr-cosine
+}
+# The cosine-annealed outer lr alone, and with the learned scalar inner lr.
+job_maml-sinusoid-5shot-cosine() {
+  train maml-sinusoid-5shot-cosine maml-sinusoid-5shot --set train.engine=vmap \
+      --set train.lr_schedule=cosine --set train.lr_min=0.00001
+  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-cosine --adapt-steps $k; done
+  keep maml-sinusoid-5shot-cosine
+}
+job_maml-sinusoid-5shot-learned-lr-cosine() {
+  train maml-sinusoid-5shot-learned-lr-cosine maml-sinusoid-5shot --set train.engine=vmap \
+      --set learner.args.learn_inner_lr=true --set train.lr_schedule=cosine --set train.lr_min=0.00001
+  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-learned-lr-cosine --adapt-steps $k; done
+  keep maml-sinusoid-5shot-learned-lr-cosine
+}
+# Meta-SGD (Li et al. 2017) on the same tasks: a learned inner lr per parameter entry, one step.
+job_metasgd-sinusoid-5shot() {
+  train metasgd-sinusoid-5shot maml-sinusoid-5shot --set train.engine=vmap --set learner.name=metasgd
+  for k in 5 10; do "$FA" eval runs/metasgd-sinusoid-5shot --adapt-steps $k; done
+  keep metasgd-sinusoid-5shot
+}
 job_pretrained-sinusoid-5shot() {
   train pretrained-sinusoid-5shot pretrained-sinusoid-5shot --set train.steps=20000
   for k in 5 10; do "$FA" eval runs/pretrained-sinusoid-5shot --adapt-steps $k; done
@@ -138,7 +165,8 @@ JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrai
       cnp-gp1d np-gp1d
       protonet-lake siamese-lake matching-lake relation-lake baseline-lake baselinepp-lake gnn-lake cnp-lake multitask-lake
       anil-20w1s maml-20w1s metasgd-20w1s fomaml-20w1s reptile-20w1s
-      maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot-learned-lr-q20)
+      maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot-lslr-cosine
+      maml-sinusoid-5shot-cosine maml-sinusoid-5shot-learned-lr-cosine metasgd-sinusoid-5shot)
 
 case "${1:-}" in
   list) printf '%s\n' "${JOBS[@]}" ;;
