@@ -105,6 +105,11 @@ job_sinusoid-figure() {
 short_maml=(--set train.val_every=100 --set train.checkpoint_every=50 --set train.log_every=10)
 job_maml-5w1s()    { train maml-5w1s maml-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep maml-5w1s; }
 job_fomaml-5w1s()  { train fomaml-5w1s fomaml-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep fomaml-5w1s; }
+# The same two, 5x longer: does first-order MAML catch up with second order?
+job_maml-5w1s-1000()   { train maml-5w1s-1000 maml-omniglot-5w1s --set train.steps=1000 --set train.val_every=250 \
+                           --set train.checkpoint_every=50 --set train.log_every=10; keep maml-5w1s-1000; }
+job_fomaml-5w1s-1000() { train fomaml-5w1s-1000 fomaml-omniglot-5w1s --set train.steps=1000 --set train.val_every=250 \
+                           --set train.checkpoint_every=50 --set train.log_every=10; keep fomaml-5w1s-1000; }
 job_anil-5w1s()    { train anil-5w1s anil-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep anil-5w1s; }
 job_metasgd-5w1s() { train metasgd-5w1s metasgd-omniglot-5w1s --set train.steps=200 "${short_maml[@]}"; keep metasgd-5w1s; }
 job_reptile-5w1s() {
@@ -166,7 +171,8 @@ JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrai
       protonet-lake siamese-lake matching-lake relation-lake baseline-lake baselinepp-lake gnn-lake cnp-lake multitask-lake
       anil-20w1s maml-20w1s metasgd-20w1s fomaml-20w1s reptile-20w1s
       maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot-lslr-cosine
-      maml-sinusoid-5shot-cosine maml-sinusoid-5shot-learned-lr-cosine metasgd-sinusoid-5shot)
+      maml-sinusoid-5shot-cosine maml-sinusoid-5shot-learned-lr-cosine metasgd-sinusoid-5shot
+      maml-5w1s-1000 fomaml-5w1s-1000)
 
 case "${1:-}" in
   list) printf '%s\n' "${JOBS[@]}" ;;
