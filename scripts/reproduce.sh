@@ -39,65 +39,43 @@ lake_split=(--set data.train_split=background --set data.val_split=null --set da
             --set eval.episodes=200)
 
 # -- issue 3: optimisation-based family ------------------------------------------------------
-job_maml-sinusoid-5shot() {
-  train maml-sinusoid-5shot maml-sinusoid-5shot --set train.engine=vmap
-  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot --adapt-steps $k; done
-  keep maml-sinusoid-5shot
+# Sinusoid jobs: train, test after 1 step (the run's own eval.json), then after 5 and 10 steps.
+sinusoid() {  # sinusoid NAME PRESET [--set ...]
+  train "$@"
+  for k in 5 10; do "$FA" eval "runs/$1" --adapt-steps $k; done
+  keep "$1"
 }
-job_maml-sinusoid-10shot() {
-  train maml-sinusoid-10shot maml-sinusoid-10shot --set train.engine=vmap
-  for k in 5 10; do "$FA" eval runs/maml-sinusoid-10shot --adapt-steps $k; done
-  keep maml-sinusoid-10shot
-}
+job_maml-sinusoid-5shot()  { sinusoid maml-sinusoid-5shot maml-sinusoid-5shot --set train.engine=vmap; }
+job_maml-sinusoid-10shot() { sinusoid maml-sinusoid-10shot maml-sinusoid-10shot --set train.engine=vmap; }
 # Variants beyond the paper's MAML: a learned (scalar) inner lr, and 20 query points per task.
 job_maml-sinusoid-5shot-learned-lr() {
-  train maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot --set train.engine=vmap --set learner.args.learn_inner_lr=true
-  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-learned-lr --adapt-steps $k; done
-  keep maml-sinusoid-5shot-learned-lr
+  sinusoid maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot --set train.engine=vmap --set learner.args.learn_inner_lr=true
 }
 job_maml-sinusoid-5shot-learned-lr-q20() {
-  train maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot --set train.engine=vmap --set learner.args.learn_inner_lr=true \
-      --set train.episodes.queries=20
-  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-learned-lr-q20 --adapt-steps $k; done
-  keep maml-sinusoid-5shot-learned-lr-q20
+  sinusoid maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot --set train.engine=vmap \
+      --set learner.args.learn_inner_lr=true --set train.episodes.queries=20
 }
 # MAML with two MAML++ options: a learned inner lr per layer (LSLR; one step) and the outer lr
 # cosine-annealed to 1e-5 over the 70k iterations.
 job_maml-sinusoid-5shot-lslr-cosine() {
-  train maml-sinusoid-5shot-lslr-cosine maml-sinusoid-5shot --set train.engine=vmap --set learner.args.lslr=true \
+  sinusoid maml-sinusoid-5shot-lslr-cosine maml-sinusoid-5shot --set train.engine=vmap --set learner.args.lslr=true \
       --set train.lr_schedule=cosine --set train.lr_min=0.00001
-  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-lslr-cosine --adapt-steps $k; done
-  keep maml-sinusoid-5shot-lslr-cosine
 }
 # The cosine-annealed outer lr alone, and with the learned scalar inner lr.
 job_maml-sinusoid-5shot-cosine() {
-  train maml-sinusoid-5shot-cosine maml-sinusoid-5shot --set train.engine=vmap \
+  sinusoid maml-sinusoid-5shot-cosine maml-sinusoid-5shot --set train.engine=vmap \
       --set train.lr_schedule=cosine --set train.lr_min=0.00001
-  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-cosine --adapt-steps $k; done
-  keep maml-sinusoid-5shot-cosine
 }
 job_maml-sinusoid-5shot-learned-lr-cosine() {
-  train maml-sinusoid-5shot-learned-lr-cosine maml-sinusoid-5shot --set train.engine=vmap \
+  sinusoid maml-sinusoid-5shot-learned-lr-cosine maml-sinusoid-5shot --set train.engine=vmap \
       --set learner.args.learn_inner_lr=true --set train.lr_schedule=cosine --set train.lr_min=0.00001
-  for k in 5 10; do "$FA" eval runs/maml-sinusoid-5shot-learned-lr-cosine --adapt-steps $k; done
-  keep maml-sinusoid-5shot-learned-lr-cosine
 }
 # Meta-SGD (Li et al. 2017) on the same tasks: a learned inner lr per parameter entry, one step.
 job_metasgd-sinusoid-5shot() {
-  train metasgd-sinusoid-5shot maml-sinusoid-5shot --set train.engine=vmap --set learner.name=metasgd
-  for k in 5 10; do "$FA" eval runs/metasgd-sinusoid-5shot --adapt-steps $k; done
-  keep metasgd-sinusoid-5shot
+  sinusoid metasgd-sinusoid-5shot maml-sinusoid-5shot --set train.engine=vmap --set learner.name=metasgd
 }
-job_pretrained-sinusoid-5shot() {
-  train pretrained-sinusoid-5shot pretrained-sinusoid-5shot --set train.steps=20000
-  for k in 5 10; do "$FA" eval runs/pretrained-sinusoid-5shot --adapt-steps $k; done
-  keep pretrained-sinusoid-5shot
-}
-job_pretrained-sinusoid-10shot() {
-  train pretrained-sinusoid-10shot pretrained-sinusoid-10shot --set train.steps=20000
-  for k in 5 10; do "$FA" eval runs/pretrained-sinusoid-10shot --adapt-steps $k; done
-  keep pretrained-sinusoid-10shot
-}
+job_pretrained-sinusoid-5shot()  { sinusoid pretrained-sinusoid-5shot pretrained-sinusoid-5shot --set train.steps=20000; }
+job_pretrained-sinusoid-10shot() { sinusoid pretrained-sinusoid-10shot pretrained-sinusoid-10shot --set train.steps=20000; }
 job_sinusoid-figure() {
   "$PY" scripts/sinusoid_figure.py runs/maml-sinusoid-5shot runs/pretrained-sinusoid-5shot \
       --out results/sinusoid-5shot.png
