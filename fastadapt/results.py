@@ -53,9 +53,12 @@ def _row(r: dict) -> str:
                 f"{minutes:.1f} | {machine} | {preset} | {r['run']} |")
     task = _benchmark(r)
     metric = "accuracy" if "accuracy" in r else "mse"
-    value = f"{100 * r[metric]:.2f} ± {100 * r['ci95']:.2f}" if metric == "accuracy" else _mse(r[metric], r["ci95"])
     if r.get("diverged_episodes"):
         value = f"diverged on {r['diverged_episodes']} of {r['episodes']} episodes"
+    elif metric == "accuracy":
+        value = f"{100 * r[metric]:.2f} ± {100 * r['ci95']:.2f}"
+    else:
+        value = _mse(r[metric], r["ci95"])
     reference = r.get("reference", {}).get(metric)
     reference = "–" if reference is None else (f"{100 * reference:.1f}" if metric == "accuracy" else f"{reference}")
     return (f"| {r['method']} | {task} ({r['episodes']} ep.) | {value} | {reference} | "
