@@ -25,6 +25,7 @@ class DataConfig:
     train_split: str = "train"
     val_split: str | None = "val"  # None: no validation, the last checkpoint is the result
     test_split: str = "test"
+    args: dict[str, Any] = field(default_factory=dict)  # the dataset's own settings (its `Args` dataclass)
 
 
 @dataclass
@@ -112,10 +113,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise FastAdaptError(f"{where} must be a mapping, got {value!r}")
         return dict(value)
-    if origin is list:
-        if not isinstance(value, list):
+    if origin is typing.Literal:
+        if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args if a == value):
+            raise FastAdaptError(f"{where} must be one of {', '.join(map(repr, args))}; got {value!r}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
             raise FastAdaptError(f"{where} must be a list, got {value!r}")
-        return list(value)
+        item = args[0] if args and (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else None
+        items = [_coerce(v, item, f"{where}[{i}]") if item is not None else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
@@ -138,6 +145,15 @@ def _build(cls, values: dict, where: str):
         raise FastAdaptError(f"unknown setting {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(known))}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     return cls(**kwargs)
+
+
+def build_dataclass(cls, values: dict, where: str):
+    """`cls(**values)` with every key and type checked: an unknown key or a wrong type is a
+    one-line FastAdaptError naming `where.key` and the valid keys. For the typed settings of
+    learners (`learner.args`), backbones (`model.backbone_args`) and datasets (`data.args`)."""
+    if not isinstance(values, dict):
+        raise FastAdaptError(f"{where} must be a mapping of settings, got {values!r}")
+    return _build(cls, values, where)
 
 
 def config_from_dict(values: dict) -> Config:

@@ -34,7 +34,7 @@ def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device
     try:
         for episode in episodes:
             episode = episode.to(device)
-            prediction = learner.predict(episode)
+            prediction = learner.predict(episode.without_query_labels())  # predictions never see answers
             values.append(learner.query_metrics(prediction, episode)[learner.primary_metric])
             if progress is not None:
                 progress()
@@ -48,8 +48,24 @@ def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device
             "episodes": len(values), "nonfinite": nonfinite, "seconds": time.perf_counter() - started}
 
 
+#: Every metric a learner may report as its primary one, and whether higher is better. Checkpoint
+#: selection, the results table and the CLI read the direction from here.
+METRICS: dict[str, bool] = {"accuracy": True, "mse": False, "return": True, "f1": True,
+                            "log_likelihood": True, "success_rate": True}
+
+
+def higher_is_better(metric: str) -> bool:
+    try:
+        return METRICS[metric]
+    except KeyError:
+        raise ValueError(f"unknown metric {metric!r}; declare its direction in fastadapt.evaluate.METRICS") from None
+
+
 def better(metric: str, new: float, old: float | None) -> bool:
-    """Is `new` an improvement? Accuracy goes up, errors go down."""
-    if old is None:
+    """Is `new` an improvement over `old` in the metric's declared direction? A non-finite score
+    never is, and any finite score beats a non-finite (or missing) old one."""
+    if not math.isfinite(new):
+        return False
+    if old is None or not math.isfinite(old):
         return True
-    return new > old if metric == "accuracy" else new < old
+    return new > old if higher_is_better(metric) else new < old

@@ -31,6 +31,8 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
     needs_head: bool = False
     #: "classification" (metric: accuracy, higher is better) or "regression" (metric: mse).
     problem: str = "classification"
+    #: The learner's settings (`learner.args`), a dataclass: every key typed and documented.
+    Args: type | None = None
 
     @abc.abstractmethod
     def task_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
@@ -48,6 +50,8 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
 
     @property
     def primary_metric(self) -> str:
+        """The metric results are reported and checkpoints selected by; its direction (higher or
+        lower is better) is declared in `fastadapt.evaluate.METRICS`."""
         return "accuracy" if self.problem == "classification" else "mse"
 
     def on_step(self, step: int, total_steps: int) -> None:

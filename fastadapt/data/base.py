@@ -1,0 +1,136 @@
+"""The dataset contract: what one dataset file provides so the trainer, the evaluator and
+`fastadapt predict` can use it. Adding a dataset is writing one file in `fastadapt/data/`.
+
+A *suite* is registered by name (`@DATASETS.register("name")`, the `data.dataset` of a config)
+and built as `Suite(config, data_root, download)`. It offers:
+
+- `problem`: "classification" or "regression"; `input_shape`: one item's model-input shape;
+- `train_task(index) -> Episode`: a pure function of (config.seed, index), so resuming and
+  sharding over ranks need no sampler state;
+- `fixed_set(split, ways, shots, queries, episodes, seed)`: a fixed, seeded sequence of
+  episodes with `save(path)`; the same arguments always give the same tasks, so every method is
+  scored on identical episodes (classification: `FixedEpisodes`, index arrays; regression:
+  `FixedTasks`, the tasks themselves);
+- `Args`: a dataclass of the dataset's own settings (`data.args` in YAML or
+  `--set data.args.root=DIR`), checked like the rest of the config: an unknown key or a wrong
+  type is a one-line error naming the valid keys.
+
+Classification datasets subclass `ClassificationSuite` and only implement
+`load_split(split) -> LabelledDataset` (and list their `splits`); sampling, fixed sets and
+class counts come from here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..config import Config, build_dataclass
+from ..errors import FastAdaptError
+from ..utils import atomic_write
+from .dataset import LabelledDataset
+from .episode import Episode
+from .sampler import EpisodeSampler, FixedEpisodes
+
+
+@dataclass
+class NoArgs:
+    """This dataset takes no data.args."""
+
+
+class TaskSuite:
+    problem: str = "classification"
+    #: Settings under `data.args`; subclasses replace it with their own dataclass.
+    Args: type = NoArgs
+    input_shape: tuple[int, ...] = ()
+    num_train_classes: int | None = None
+
+    def __init__(self, config: Config, data_root: str | Path | None = None, download: bool = False):
+        self.config, self.data_root, self.download = config, data_root, download
+        self.args = parse_data_args(type(self), config)
+
+    def train_task(self, index: int) -> Episode:
+        raise NotImplementedError
+
+    def fixed_set(self, split: str, ways: int | None, shots: int, queries: int, episodes: int, seed: int):
+        raise NotImplementedError
+
+
+def parse_data_args(suite_cls: type, config: Config):
+    """`config.data.args` as the suite's `Args` dataclass (one-line errors for bad keys and types)."""
+    return build_dataclass(suite_cls.Args, config.data.args or {}, "data.args")
+
+
+class ClassificationSuite(TaskSuite):
+    """Few-shot classification over class splits of a labelled dataset.
+
+    Subclasses set `splits` (the split names a config may use for data.train_split /
+    val_split / test_split) and implement `load_split`. Loaded splits are memoised per suite.
+    """
+
+    problem = "classification"
+    splits: tuple[str, ...] = ("train", "val", "test")
+
+    def __init__(self, config: Config, data_root: str | Path | None = None, download: bool = False):
+        super().__init__(config, data_root, download)
+        self.image_size = config.data.image_size
+        self._loaded: dict[str, LabelledDataset] = {}
+        for key in ("train_split", "val_split", "test_split"):
+            split = getattr(config.data, key)
+            if split is not None and split not in self.splits:
+                raise FastAdaptError(f"data.{key}: {config.data.dataset} has no split {split!r}; "
+                                     f"valid splits: {', '.join(self.splits)}")
+        episodes = config.train.episodes
+        if not episodes.ways:
+            raise FastAdaptError(f"dataset {config.data.dataset!r} needs train.episodes.ways (got null)")
+        train = self.split(config.data.train_split)
+        self._train = EpisodeSampler(train, episodes.ways, episodes.shots, episodes.queries, seed=config.seed)
+        self.input_shape = tuple(train.as_model_input(np.arange(1)).shape[1:])
+        self.num_train_classes = train.num_classes
+
+    def load_split(self, split: str) -> LabelledDataset:
+        """The items and labels of one split (class ids 0..n-1 within the split)."""
+        raise NotImplementedError
+
+    def split(self, split: str) -> LabelledDataset:
+        if split not in self.splits:
+            raise FastAdaptError(f"{self.config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}")
+        if split not in self._loaded:
+            self._loaded[split] = self.load_split(split)
+        return self._loaded[split]
+
+    def train_task(self, index: int) -> Episode:
+        return self._train.episode(index)
+
+    def fixed_set(self, split: str, ways: int, shots: int, queries: int, episodes: int, seed: int) -> FixedEpisodes:
+        return FixedEpisodes.generate(self.split(split), ways, shots, queries, episodes, seed)
+
+
+class FixedTasks(Sequence[Episode]):
+    """A fixed list of regression tasks; saved whole (they are small)."""
+
+    def __init__(self, tasks: list[Episode], seed: int):
+        self.tasks, self.seed = tasks, seed
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i):
+        return self.tasks[i]
+
+    def save(self, path: str | Path) -> None:
+        arrays = {name: np.stack([getattr(t, name).numpy() for t in self.tasks])
+                  for name in ("support_x", "support_y", "query_x", "query_y")}
+        for key in self.tasks[0].info:
+            arrays[key] = np.array([t.info[key] for t in self.tasks])
+        atomic_write(Path(path), lambda f: np.savez_compressed(f, seed=self.seed, **arrays))
+
+
+#: Seed offsets of regression validation / test tasks: disjoint from training's stream.
+REGRESSION_SPLIT_OFFSETS = {"val": 1_000_003, "test": 2_000_003}
+
+
+def regression_split_seed(split: str, seed: int) -> int:
+    return seed + REGRESSION_SPLIT_OFFSETS.get(split, 3_000_017)
