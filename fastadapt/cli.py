@@ -5,13 +5,17 @@ User errors (bad settings, missing data, impossible episodes) print one line and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import FastAdaptError
 
 EXIT_USAGE = 2
+PERCENT_METRICS = ("accuracy", "success_rate", "f1")  # shown in %
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,7 +42,24 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--queries", type=int)
     ev.add_argument("--seed", type=int, help="seed of the fixed test episodes (default: the run's eval.seed)")
     ev.add_argument("--adapt-steps", type=int, help="test-time gradient steps (MAML family, fine-tuning baselines)")
+    ev.add_argument("--data", metavar="DATASET",
+                    help="evaluate on another dataset (cross-domain), e.g. --data imagefolder --set data.args.root=DIR")
+    ev.add_argument("--set", dest="data_settings", action="append", default=[], metavar="data.KEY=VALUE",
+                    help="data setting of the evaluation dataset (repeatable)")
+    ev.add_argument("--split", help="split to test on (default: the run's test split; `all` or `test` with --data)")
     ev.add_argument("--data-root", type=Path)
+
+    pr = sub.add_parser("predict", help="adapt a trained run to your labelled support set and label new inputs",
+                        description="Adapt the run's model to SUPPORT exactly as evaluation does, then label every "
+                                    "QUERY: one CSV row per query with the predicted label and each class's probability.")
+    pr.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    pr.add_argument("--support", required=True, metavar="SUPPORT",
+                    help="folder with one sub-folder of images per class, or a CSV of path,label")
+    pr.add_argument("--query", required=True, metavar="QUERY",
+                    help="folder of images, a glob pattern (quote it), or a CSV whose first column is path")
+    pr.add_argument("--out", type=Path, help="write the predictions CSV here (default: print it)")
+    pr.add_argument("--adapt-steps", type=int, help="test-time gradient steps (MAML family, fine-tuning baselines)")
+    pr.add_argument("--data-root", type=Path)
 
     lake = sub.add_parser("lake", help="score a run on Lake et al.'s 20-run one-shot benchmark (all_runs.zip)")
     lake.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -54,7 +75,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
+    from .checkpoint import latest_step
     from .config import apply_overrides, config_from_dict, load_raw
+    from .runlock import read_run_config
     from .trainer import Trainer
 
     source = Path(args.config)
@@ -63,15 +86,15 @@ def _train(args) -> int:
             raise FastAdaptError(f"{source} is a folder without config.yaml; give a preset name, a YAML file or a run folder")
         if args.out and args.out.resolve() != source.resolve():
             raise FastAdaptError(f"resuming {source}: --out {args.out} names another folder; drop --out")
-        run_dir, raw = source, load_raw(str(source / "config.yaml"))
+        run_dir, raw = source, read_run_config(source)  # binary or damaged: one line naming it
     else:
         raw = load_raw(args.config)
         run_dir = None
     config = config_from_dict(apply_overrides(raw, args.overrides))
     run_dir = run_dir or args.out or Path("runs") / config.name
     if (run_dir / "eval.json").exists() and (run_dir / "checkpoints" / "latest.json").exists():
-        done = json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"]
-        if done >= config.train.steps:
+        done = latest_step(run_dir)  # None when unreadable: then train resumes and checks each file
+        if done is not None and done >= config.train.steps:
             print(f"{run_dir} is complete ({done} steps); its result:")
             _print_result(json.loads((run_dir / "eval.json").read_text()))
             return 0
@@ -83,9 +106,9 @@ def _train(args) -> int:
 
 
 def _print_result(result: dict) -> None:
-    metric = "accuracy" if "accuracy" in result else "mse"
+    metric = result.get("metric") or ("accuracy" if "accuracy" in result else "mse")
     value, ci = result[metric], result["ci95"]
-    shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric == "accuracy" else f"{value:.4f} ± {ci:.4f}"
+    shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric in PERCENT_METRICS else f"{value:.4f} ± {ci:.4f}"
     task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
     print(f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
           f"{result['episodes']} episodes, seed {result['seed']}, BN {result['bn_mode']})")
@@ -99,8 +122,22 @@ def _eval(args) -> int:
     from .trainer import evaluate_run
     result = evaluate_run(args.run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
                           episodes=args.episodes, seed=args.seed, data_root=args.data_root,
-                          adapt_steps=args.adapt_steps)
+                          adapt_steps=args.adapt_steps, data=args.data, data_settings=args.data_settings,
+                          split=args.split)
     _print_result(result)
+    return 0
+
+
+def _predict(args) -> int:
+    from .predict import run_predict
+    summary = run_predict(args.run_dir, args.support, args.query, args.out, args.adapt_steps, args.data_root)
+    if args.out is None:
+        print(summary["text"], end="")
+    classes = ", ".join(map(str, summary["classes"]))
+    scored = f"; accuracy against the query labels {100 * summary['accuracy']:.2f}%" if "accuracy" in summary else ""
+    where = f" -> {args.out}" if args.out else ""
+    print(f"adapted to {summary['support']} support examples of {len(summary['classes'])} classes ({classes}); "
+          f"labelled {summary['queries']} queries{where}{scored}", file=sys.stderr)
     return 0
 
 
@@ -141,15 +178,39 @@ def _results(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "eval": _eval, "lake": _lake, "presets": _presets, "results": _results}[args.command]
+    handler = {"train": _train, "eval": _eval, "predict": _predict, "lake": _lake, "presets": _presets, "results": _results}[args.command]
+    # SIGTERM (kill, a batch scheduler's time limit) stops like Ctrl-C: one line, files intact.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
     try:
-        return handler(args)
+        with _run_folder_lock(args):
+            return handler(args)
     except FastAdaptError as exc:
         print(f"fastadapt {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"{how}; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so it unwinds like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+def _run_folder_lock(args):
+    """`eval` and `lake` write into a run folder: hold its lock (train's is taken by fit)."""
+    if args.command in ("eval", "lake") and (args.run_dir / "config.yaml").is_file():
+        from .runlock import run_lock
+        return run_lock(args.run_dir)
+    return contextlib.nullcontext()
 
 
 if __name__ == "__main__":

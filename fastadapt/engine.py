@@ -17,8 +17,11 @@ is reproducible (bitwise, for a fixed engine, worker count and chunk size).
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
+import signal
+import sys
 import traceback
 import warnings
 from typing import Callable, Sequence
@@ -30,6 +33,8 @@ from .errors import FastAdaptError
 from .learners.base import Learner
 
 Metrics = list[dict[str, float]]
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PARENT_POLL_S = 1.0  # how often an idle worker checks that its parent lives (non-Linux fallback)
 
 
 def _accumulate_shard(learner: Learner, tasks: Sequence[Episode], scale: float) -> Metrics:
@@ -55,13 +60,38 @@ class SerialEngine:
         pass
 
 
-def _worker(conn, learner: Learner, grad_buffers: list[torch.Tensor]) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: have the kernel SIGKILL this worker when the trainer dies, however it dies (a
+    worker blocked on a pipe or mid-shard would otherwise outlive it). Elsewhere the worker
+    loop polls its parent's PID instead."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def _worker(conn, learner: Learner, grad_buffers: list[torch.Tensor], parent_pid: int, foreign: list) -> None:
+    _die_with_parent(parent_pid)
+    # Ctrl-C (or a SIGTERM to the process group) reaches the workers too: the parent handles it
+    # (one line, then close() ends the workers), so workers ignore both. Dying at once would
+    # break the parent's transfer of the next shard mid-way (a traceback, not one line); a
+    # worker whose parent is gone is killed by PDEATHSIG anyway.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for other in foreign:  # pipe ends of the parent: held here, they would hide its death (no EOF)
+        other.close()
     torch.set_num_threads(1)
     params = [p for p in learner.parameters() if p.requires_grad]
     while True:
         try:
+            while not conn.poll(_PARENT_POLL_S):
+                if os.getppid() != parent_pid:
+                    return
             message = conn.recv()
-        except EOFError:  # the parent is gone
+        except (EOFError, OSError):  # the parent is gone
             return
         if message is None:
             return
@@ -102,7 +132,9 @@ class ForkEngine:
         for _ in range(workers - 1):
             buffers = [torch.zeros_like(p).share_memory_() for p in self.params]
             parent_end, child_end = ctx.Pipe()
-            process = ctx.Process(target=_worker, args=(child_end, learner, buffers), daemon=True)
+            foreign = [parent_end] + [conn for _, conn, _ in self.children]
+            process = ctx.Process(target=_worker, args=(child_end, learner, buffers, os.getpid(), foreign),
+                                  daemon=True)
             process.start()
             child_end.close()
             self.children.append((process, parent_end, buffers))
@@ -126,7 +158,13 @@ class ForkEngine:
         shard_metrics = [metrics]
         errors = []
         for process, conn, buffers in self.children:
-            status, payload = conn.recv()
+            try:
+                status, payload = conn.recv()
+            except (EOFError, OSError):
+                process.join(timeout=1)
+                raise FastAdaptError(f"a fork-engine worker died (exit code {process.exitcode}; -9 is often "
+                                     f"the kernel killing it for memory); set fewer train.workers or "
+                                     f"train.engine=serial, and re-run to resume") from None
             if status != "ok":
                 errors.append(payload)
                 continue

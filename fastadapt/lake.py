@@ -22,7 +22,7 @@ def lake_benchmark(run_dir: str | Path, data_root=None) -> dict:
                              f"the Lake runs are 20-way: train with --set train.episodes.ways=20")
     runs = load_lake_runs(data_root, size=config.data.image_size)
     learner.eval()
-    predictions = [learner.predict(lake_episode(run).to(trainer.device)).argmax(-1).cpu() for run in runs]
+    predictions = [learner.predict(lake_episode(run).without_query_labels().to(trainer.device)).argmax(-1).cpu() for run in runs]
     score = score_lake(predictions, runs)
     result = {"preset": config.name, "method": config.learner.name, "accuracy": score["accuracy"],
               "mean_error": score["mean_error"], "error_per_run": score["error_per_run"],

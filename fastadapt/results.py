@@ -33,7 +33,11 @@ def _benchmark(r: dict) -> str:
     if "benchmark" in r:
         return r["benchmark"]
     if r.get("ways"):
-        split = "" if r.get("split", "test") == "test" else f" ({r['split']} alphabets)"
+        trained = r.get("trained_on", r["dataset"])
+        if trained != r["dataset"]:  # cross-domain: a run evaluated on another dataset
+            split = f" ({r['split']}; trained on {trained})"
+        else:
+            split = "" if r.get("split", "test") == "test" else f" ({r['split']} alphabets)"
         return f"{r['dataset']}{split} {r['ways']}-way {r['shots']}-shot"
     steps = r.get("adapt_steps")
     after = f", {steps} step{'s' if steps != 1 else ''}" if steps else ""
@@ -52,15 +56,18 @@ def _row(r: dict) -> str:
         return (f"| {r['method']} | {r['benchmark']} | {100 * r['accuracy']:.2f} | – | {r.get('train_steps', '–')} | "
                 f"{minutes:.1f} | {machine} | {preset} | {r['run']} |")
     task = _benchmark(r)
-    metric = "accuracy" if "accuracy" in r else "mse"
+    metric = r.get("metric") or ("accuracy" if "accuracy" in r else "mse")
+    percent = metric in ("accuracy", "success_rate", "f1")
     if r.get("diverged_episodes"):
         value = f"diverged on {r['diverged_episodes']} of {r['episodes']} episodes"
-    elif metric == "accuracy":
+    elif percent:
         value = f"{100 * r[metric]:.2f} ± {100 * r['ci95']:.2f}"
     else:
         value = _mse(r[metric], r["ci95"])
+    if metric not in ("accuracy", "mse"):  # the column shows accuracy (%) or MSE unless it says otherwise
+        value = f"{metric} {value}"
     reference = r.get("reference", {}).get(metric)
-    reference = "–" if reference is None else (f"{100 * reference:.1f}" if metric == "accuracy" else f"{reference}")
+    reference = "–" if reference is None else (f"{100 * reference:.1f}" if percent else f"{reference}")
     return (f"| {r['method']} | {task} ({r['episodes']} ep.) | {value} | {reference} | "
             f"{r['train_steps']} | {minutes:.1f} | {machine} | {preset} | {r['run']} |")
 

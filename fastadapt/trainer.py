@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights, settings_fingerprint
 from .config import Config, config_from_dict
 from .engine import make_engine
 from .errors import FastAdaptError
@@ -25,7 +25,8 @@ from .learners import build_learner
 from .progress import Progress
 from .registry import BACKBONES, DATASETS, LEARNERS
 from .report import plot_learning_curve, write_metrics_csv
-from .tasks import build_suite
+from .runlock import read_run_config, remove_stale_temp_files, run_lock
+from .data import build_suite
 from .utils import atomic_write_text, machine_info, resolve_device
 
 
@@ -66,8 +67,13 @@ class Trainer:
         channels_last = config.model.channels_last
         if channels_last is None:
             channels_last = self.device.type == "cpu"
-        self.learner = build_learner(config, self.suite.input_shape, channels_last,
-                                     getattr(self.suite, "num_train_classes", None)).to(self.device)
+        # A trained run records its model's input shape, so loading it (eval on other data,
+        # predict) needs neither its training data nor a pass over it.
+        shape = _read_model_info(self.run_dir) or {"input_shape": self.suite.input_shape,
+                                                   "num_train_classes": self.suite.num_train_classes}
+        self.model_info = {"input_shape": list(shape["input_shape"]), "num_train_classes": shape["num_train_classes"]}
+        self.learner = build_learner(config, tuple(shape["input_shape"]), channels_last,
+                                     shape["num_train_classes"]).to(self.device)
         self.optimizer = _optimizer(self.learner.parameters(), config.train)
         self.scheduler = _scheduler(self.optimizer, config.train)
         self.state = {"step": 0, "history": [], "best": None, "best_step": None, "elapsed": 0.0,
@@ -78,7 +84,11 @@ class Trainer:
         config_path = self.run_dir / "config.yaml"
         wanted = self.config.to_dict()
         if config_path.exists():
-            existing = config_from_dict(yaml.safe_load(config_path.read_text())).to_dict()
+            raw = read_run_config(self.run_dir)  # binary, truncated, not a mapping: one line
+            try:
+                existing = config_from_dict(raw).to_dict()
+            except FastAdaptError as exc:
+                raise FastAdaptError(f"{config_path}: {exc}") from None
             if existing != wanted:
                 changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
                 raise FastAdaptError(f"run folder {self.run_dir} holds a run with other settings "
@@ -87,16 +97,25 @@ class Trainer:
         else:
             atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
 
+    @property
+    def fingerprint(self) -> str:
+        """What a checkpoint or best.safetensors must record to be this run's (checkpoint.py)."""
+        return settings_fingerprint(self.config)
+
     def _resume(self) -> None:
-        state = load_checkpoint(self.run_dir, self.learner)
+        state = load_checkpoint(self.run_dir, self.learner, self.fingerprint)
         if state is None:
             return
-        self.optimizer.load_state_dict(state.pop("optimizer"))
-        self.scheduler.load_state_dict(state.pop("scheduler"))
-        rng = state.pop("rng")
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+        try:  # verified files, but a hand-made one could still hold the wrong structure
+            self.optimizer.load_state_dict(state.pop("optimizer"))
+            self.scheduler.load_state_dict(state.pop("scheduler"))
+            rng = state.pop("rng")
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise FastAdaptError(f"the checkpoint in {self.run_dir / 'checkpoints'} holds unusable trainer state "
+                                 f"({type(exc).__name__}); delete that folder to restart the run from step 0") from None
         self.state = state
         self._log(f"resumed {self.run_dir} at step {state['step']}")
 
@@ -104,7 +123,7 @@ class Trainer:
         state = dict(self.state, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      rng={"python": random.getstate(), "numpy": np.random.get_state(),
                           "torch": torch.get_rng_state()})
-        save_checkpoint(self.run_dir, self.state["step"], self.learner, state)
+        save_checkpoint(self.run_dir, self.state["step"], self.learner, state, self.fingerprint)
 
     def _log(self, message: str) -> None:
         if not self.quiet:
@@ -114,9 +133,17 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> dict | None:
         """Train to `train.steps` (resuming if the run folder has a checkpoint), then evaluate
         the selected checkpoint on the fixed test episodes. `stop_after` ends early, right
-        after the checkpoint at that step (an interruption, for tests)."""
+        after the checkpoint at that step (an interruption, for tests). The run folder is
+        locked throughout: a second process on it stops with a one-line error."""
+        with run_lock(self.run_dir):
+            remove_stale_temp_files(self.run_dir)  # left by a killed run; the lock keeps live writers out
+            return self._fit(stop_after)
+
+    def _fit(self, stop_after: int | None) -> dict | None:
         cfg = self.config.train
         self._prepare_run_dir()
+        self.suite.check()
+        atomic_write_text(self.run_dir / "model.json", json.dumps(self.model_info))
         self._resume()
         val_set = None
         if self.config.data.val_split:
@@ -156,7 +183,8 @@ class Trainer:
                         row = dict(row or {"step": step, "lr": lr}, val_metric=result["mean"], val_ci95=result["ci95"])
                         if better(metric, result["mean"], self.state["best"]):
                             self.state["best"], self.state["best_step"] = result["mean"], step
-                            save_weights(self.run_dir / "best.safetensors", self.learner, {"step": step})
+                            save_weights(self.run_dir / "best.safetensors", self.learner,
+                                         {"step": step, "fingerprint": self.fingerprint})
                     if row is not None:
                         self.state["elapsed"] = time.perf_counter() - started
                         row["elapsed_s"] = round(self.state["elapsed"], 2)
@@ -172,7 +200,8 @@ class Trainer:
         finally:
             engine.close()
         if val_set is None:
-            save_weights(self.run_dir / "best.safetensors", self.learner, {"step": self.state["step"]})
+            save_weights(self.run_dir / "best.safetensors", self.learner,
+                         {"step": self.state["step"], "fingerprint": self.fingerprint})
             self.state["best_step"] = self.state["step"]
         e = cfg.episodes
         shape = f"({e.ways}-way {e.shots}-shot episodes)" if e.ways else f"({e.shots}-shot tasks)"
@@ -208,6 +237,23 @@ def _applicable_reference(config: Config, ways, shots, adapt_steps: int | None =
     return {"paper": reference.get("paper"), **other} if other else {}
 
 
+def _read_model_info(run_dir: Path) -> dict | None:
+    """The run's recorded model input (`model.json`: input_shape, num_train_classes), or None."""
+    path = Path(run_dir) / "model.json"
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        shape, classes = info["input_shape"], info["num_train_classes"]
+        if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)
+                and (classes is None or (isinstance(classes, int) and classes > 0))):
+            raise ValueError("bad values")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FastAdaptError(f"{path} is unreadable ({exc}); delete it (it is rewritten by `fastadapt train "
+                             f"{run_dir}`, which needs the training data)") from None
+    return {"input_shape": shape, "num_train_classes": classes}
+
+
 def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer:
     """A trainer for an existing run folder, with the selected (best or last) weights loaded."""
     run_dir = Path(run_dir)
@@ -216,24 +262,27 @@ def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer
     if not (run_dir / "best.safetensors").is_file():
         raise FastAdaptError(f"{run_dir} has no trained weights yet (best.safetensors); finish or resume "
                              f"training with `fastadapt train {run_dir}`")
-    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    config = config_from_dict(read_run_config(run_dir))
     trainer = Trainer(config, run_dir, data_root=data_root, quiet=quiet)
     trainer._resume()  # the trainer state: steps done, selected step, training time
-    load_weights(run_dir / "best.safetensors", trainer.learner)
+    load_weights(run_dir / "best.safetensors", trainer.learner, trainer.fingerprint)
     return trainer
 
 
 def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | None = None,
                  queries: int | None = None, episodes: int | None = None, seed: int | None = None,
                  data_root=None, quiet: bool = True, trainer: Trainer | None = None,
-                 adapt_steps: int | None = None) -> dict:
+                 adapt_steps: int | None = None, data: str | None = None, data_settings: list[str] | None = None,
+                 split: str | None = None) -> dict:
     """Evaluate a run's selected weights on a fixed, seeded test set; write eval JSON + episodes.
-    `adapt_steps` overrides the number of test-time gradient steps of learners that take them."""
+    `adapt_steps` overrides the number of test-time gradient steps of learners that take them.
+    `data` (a dataset name) with `data_settings` (`data.*=value` items) and `split` evaluates on
+    another dataset (cross-domain), with the same fixed-episode protocol."""
     run_dir = Path(run_dir)
     if trainer is None:
         trainer = load_run(run_dir, data_root=data_root, quiet=quiet)
     else:
-        load_weights(run_dir / "best.safetensors", trainer.learner)
+        load_weights(run_dir / "best.safetensors", trainer.learner, trainer.fingerprint)
     config, learner = trainer.config, trainer.learner
     e = config.eval
     ways = e.ways if ways is None else ways
@@ -248,27 +297,66 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
         if adapt_steps < 1:
             raise FastAdaptError(f"--adapt-steps must be >= 1, got {adapt_steps}")
         learner.eval_inner_steps = adapt_steps
-    test_set = trainer.suite.fixed_set(config.data.test_split, ways, shots, queries, episodes, seed)
-    tag = f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}" if ways else f"{shots}shot{queries}q-{episodes}ep-seed{seed}"
+    suite, dataset, test_split, prefix = trainer.suite, config.data.dataset, config.data.test_split, ""
+    if data is not None or data_settings or split is not None:
+        suite, test_split = cross_domain_suite(trainer, data or dataset, data_settings or [], split, data_root)
+        dataset = suite.config.data.dataset
+        prefix = f"{dataset}-{test_split}-"
+    test_set = suite.fixed_set(test_split, ways, shots, queries, episodes, seed)
+    tag = prefix + (f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}" if ways else f"{shots}shot{queries}q-{episodes}ep-seed{seed}")
     episodes_tag = tag
     if adapt_steps is not None:
         tag += f"-{adapt_steps}steps"
     test_set.save(run_dir / "episodes" / f"test-{episodes_tag}.npz")
     result = evaluate(learner, test_set, trainer.device)
     record = {
-        "preset": config.name, "method": config.learner.name, "dataset": config.data.dataset,
-        "split": config.data.test_split, "ways": ways, "shots": shots, "queries": queries,
-        "episodes": episodes, "seed": seed, result["metric"]: result["mean"], "ci95": result["ci95"],
+        "preset": config.name, "method": config.learner.name, "dataset": dataset,
+        "split": test_split, "ways": ways, "shots": shots, "queries": queries, "episodes": episodes,
+        "seed": seed, "metric": result["metric"], result["metric"]: result["mean"], "ci95": result["ci95"],
         "std": result["std"], "diverged_episodes": result["nonfinite"], "learner": learner.describe(),
         "bn_mode": learner.describe().get("bn_mode", "none"),
         "train_steps": trainer.state["step"], "selected_step": trainer.state["best_step"],
         "eval_seconds": round(result["seconds"], 2), "train_seconds": round(trainer.state["elapsed"], 2),
         "episodes_file": f"episodes/test-{episodes_tag}.npz", "adapt_steps": getattr(learner, "eval_inner_steps", None),
         "machine": machine_info(trainer.device),
-        "reference": _applicable_reference(config, ways, shots, adapt_steps), "overrides": config.overrides,
+        "reference": {} if prefix else _applicable_reference(config, ways, shots, adapt_steps),
+        "trained_on": config.data.dataset, "overrides": config.overrides,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    own = (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) and adapt_steps is None
+    own = (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) and \
+        adapt_steps is None and not prefix
     name = "eval.json" if own else f"eval-{tag}.json"
     atomic_write_text(run_dir / name, json.dumps(record, indent=2))
     return record
+
+
+def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], split: str | None, data_root):
+    """The suite of another dataset (or other data settings) for a trained run, and the split to test on.
+
+    `settings` are `data.<key>=value` items (e.g. `data.args.root=DIR`). The image size is the
+    run's; a dataset with a `channels` setting gets the run's channel count unless set. The
+    default split is `all` where the dataset has one (a user's folder), else `test`.
+    """
+    bad = [s for s in settings if not s.startswith("data.")]
+    if bad:
+        raise FastAdaptError(f"--set {bad[0]!r}: only data.* settings can change when evaluating a trained run")
+    from .config import apply_overrides
+    from .registry import DATASETS
+    suite_cls = DATASETS.get(dataset)
+    shape = tuple(trainer.model_info["input_shape"])
+    base = {"dataset": dataset, "image_size": trainer.config.data.image_size, "args": {}}
+    if len(shape) == 3 and "channels" in getattr(suite_cls.Args, "__dataclass_fields__", {}):
+        base["args"]["channels"] = shape[0]
+    values = apply_overrides({"data": base}, settings)["data"]
+    chosen = split or ("all" if "all" in suite_cls.splits else "test") if hasattr(suite_cls, "splits") else split or "test"
+    values.update(train_split=chosen, val_split=None, test_split=chosen)
+    raw = trainer.config.to_dict()
+    raw["data"] = values
+    config = config_from_dict(raw)
+    suite = suite_cls(config, data_root, False)
+    if suite.problem != trainer.suite.problem:
+        raise FastAdaptError(f"{dataset} is a {suite.problem} dataset but the run learned {trainer.suite.problem}")
+    if tuple(suite.input_shape) != shape:
+        raise FastAdaptError(f"{dataset} ({chosen}) gives inputs of shape {tuple(suite.input_shape)} but the run's model "
+                             f"takes {shape}; set data.image_size / data.args.channels to match")
+    return suite, chosen

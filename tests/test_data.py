@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fastadapt.data import (ClassPool, EpisodeSampler, FixedEpisodes, SinusoidTasks, download_file, lake_episode,
+from fastadapt.data import (EpisodeSampler, LabelledDataset, FixedEpisodes, SinusoidTasks, download_file, lake_episode,
                             load_lake_runs, load_omniglot_characters, omniglot_pool, preprocess_image, score_lake)
 from fastadapt.data import download as download_module
 from fastadapt.data import omniglot
@@ -36,12 +36,17 @@ def _decode_file(archive: Path, member: str, size: int) -> np.ndarray:
         return preprocess_image(img, size)
 
 
-def coded_pool(n_classes: int = 10, per_class: int = 20) -> ClassPool:
-    """A pool whose 2x2 images spell out where they came from: pixel (0,0) = class, (0,1) = example."""
+def coded_pool(n_classes: int = 10, per_class: int = 20) -> LabelledDataset:
+    """A dataset whose 2x2 images spell out where they came from: pixel (0,0) = class, (0,1) = example."""
     images = torch.zeros(n_classes, per_class, 1, 2, 2, dtype=torch.uint8)
     images[:, :, 0, 0, 0] = torch.arange(n_classes)[:, None]
     images[:, :, 0, 0, 1] = torch.arange(per_class)
-    return ClassPool(images, [f"c{i}" for i in range(n_classes)], "coded")
+    return LabelledDataset.from_class_array(images, [f"c{i}" for i in range(n_classes)], "coded")
+
+
+def grid(dataset: LabelledDataset) -> torch.Tensor:
+    """Items of an equal-size dataset as (n_classes, per_class, ...)."""
+    return dataset.items.view(dataset.num_classes, int(dataset.counts[0]), *dataset.item_shape)
 
 
 def origins(x: torch.Tensor) -> list[tuple[int, int]]:
@@ -211,9 +216,9 @@ def test_lake_split_pools_are_unrotated_archive_characters(omniglot_fixture_root
     chars = load_omniglot_characters(omniglot_fixture_root, size=12)
     pool = omniglot_pool("evaluation", omniglot_fixture_root, size=12)
     assert pool.name == "omniglot/evaluation" and pool.class_names == ["Gamma/character01", "Gamma/character02"]
-    assert pool.images.dtype == torch.uint8 and tuple(pool.images.shape) == (2, 20, 1, 12, 12)
-    assert np.array_equal(pool.images[:, :, 0].numpy(), chars.images[-2:])
-    assert len(omniglot_pool("background", omniglot_fixture_root, size=12)) == 5
+    assert pool.items.dtype == torch.uint8 and tuple(grid(pool).shape) == (2, 20, 1, 12, 12)
+    assert np.array_equal(grid(pool)[:, :, 0].numpy(), chars.images[-2:])
+    assert omniglot_pool("background", omniglot_fixture_root, size=12).num_classes == 5
 
 
 def test_vinyals_rotations_are_counter_clockwise_quarter_turns(omniglot_fixture_root, tmp_path, monkeypatch,
@@ -223,12 +228,12 @@ def test_vinyals_rotations_are_counter_clockwise_quarter_turns(omniglot_fixture_
     monkeypatch.setattr(omniglot, "SPLITS_DIR", tmp_path)
     pool = omniglot_pool("train", omniglot_fixture_root, size=28)
     assert pool.name == "omniglot/vinyals-train" and pool.class_names == classes
-    upright = pool.images[0, :, 0].numpy()
+    upright = grid(pool)[0, :, 0].numpy()
     for k, degrees in enumerate((0, 90, 180, 270)):
         pil = [np.asarray(Image.fromarray(image).rotate(degrees)) for image in upright]  # PIL: counter-clockwise
-        assert np.array_equal(pool.images[k, :, 0].numpy(), np.stack(pil))
+        assert np.array_equal(grid(pool)[k, :, 0].numpy(), np.stack(pil))
     alpha = load_omniglot_characters(omniglot_fixture_root, size=28).images[0]
-    assert np.array_equal(pool.images[4, :, 0].numpy(), np.rot90(alpha, 1, axes=(1, 2)))
+    assert np.array_equal(grid(pool)[4, :, 0].numpy(), np.rot90(alpha, 1, axes=(1, 2)))
 
 
 def test_split_class_missing_from_archives_is_an_error(omniglot_fixture_root, tmp_path, monkeypatch, fresh_cache):
@@ -299,6 +304,68 @@ def test_fixed_episodes_are_reproducible_and_round_trip(tmp_path):
         FixedEpisodes.load(path, coded_pool(13))
 
 
+def uneven_pool(sizes=(3, 9, 4, 12, 5, 7)) -> LabelledDataset:
+    """Classes of the given sizes, shuffled item order; item i's pixel (0,0) = class, (0,1) = i."""
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(len(sizes)), sizes))
+    items = torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8)
+    items[:, 0, 0, 0] = torch.from_numpy(labels)
+    items[:, 0, 0, 1] = torch.arange(len(labels))
+    return LabelledDataset(items, labels, [f"k{i}" for i in range(len(sizes))], "uneven")
+
+
+def test_uneven_classes_draw_disjoint_support_and_query_of_the_right_class():
+    pool = uneven_pool()
+    sampler = EpisodeSampler(pool, ways=4, shots=2, queries=1, seed=5)
+    seen_classes = set()
+    for index in range(200):
+        episode = sampler(index)
+        classes = episode.info["classes"].tolist()
+        support, query = origins(episode.support_x), origins(episode.query_x)
+        assert [classes[y] for y in episode.support_y.tolist()] == [c for c, _ in support]
+        assert [classes[y] for y in episode.query_y.tolist()] == [c for c, _ in query]
+        items = [i for _, i in support + query]
+        assert len(set(items)) == len(items) == 12  # no item twice, never both support and query
+        seen_classes.update(classes)
+    assert seen_classes == set(range(6))  # the 3-example class is drawn too (it has shots + queries)
+
+
+def test_uneven_draw_equals_the_equal_size_draw_when_sizes_are_equal():
+    """The per-class draw reads the same random stream as the (ways, size) draw, so Omniglot's
+    episodes did not change when the sampler learned about uneven classes."""
+    from fastadapt.data.sampler import draw
+    for seed in range(20):
+        counts = np.full(30, 20)
+        a = draw(np.random.default_rng([seed, 1]), counts, 5, 6)
+        rng = np.random.default_rng([seed, 1])
+        classes = rng.choice(30, size=5, replace=False)
+        examples = np.stack([np.argsort(rng.random(20))[:6] for _ in classes])
+        assert np.array_equal(a[0], classes) and np.array_equal(a[1], examples)
+
+
+def test_too_small_class_is_named_with_its_count():
+    with pytest.raises(FastAdaptError, match=r"2 \+ 2 = 4 examples per class but class 'k0' of uneven has only 3; "):
+        EpisodeSampler(uneven_pool(), ways=3, shots=2, queries=2)
+    with pytest.raises(FastAdaptError, match=r"class 'k0' of uneven has only 3 \(3 classes have fewer\)"):
+        FixedEpisodes.generate(uneven_pool(), ways=3, shots=3, queries=3, n_episodes=2)
+
+
+def test_labelled_dataset_checks_its_labels():
+    items = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    with pytest.raises(FastAdaptError, match="labels must lie in 0..1"):
+        LabelledDataset(items, np.array([0, 1, 2, 0]), ["a", "b"], "bad")
+    with pytest.raises(FastAdaptError, match="class 'b' has no examples"):
+        LabelledDataset(items, np.array([0, 0, 2, 0]), ["a", "b", "c"], "bad")
+    with pytest.raises(FastAdaptError, match="must be uint8 images"):
+        LabelledDataset(torch.zeros(4, 5, 2, 2), np.zeros(4, np.int64), ["a"], "bad")
+    vectors = LabelledDataset(torch.randn(6, 8), np.array([0, 1, 0, 1, 2, 2]), ["a", "b", "c"], "emb")
+    assert vectors.modality == "vector" and vectors.counts.tolist() == [2, 2, 2]
+    episode = EpisodeSampler(vectors, ways=3, shots=1, queries=1).episode(0)
+    assert episode.support_x.shape == (3, 8) and episode.support_x.dtype == torch.float32
+    tokens = LabelledDataset(torch.arange(12).view(6, 2), np.array([0, 1, 0, 1, 2, 2]), ["a", "b", "c"], "tok")
+    assert tokens.modality == "tokens"
+    assert EpisodeSampler(tokens, ways=2, shots=1, queries=1).episode(3).query_x.dtype == torch.int64
+
+
 # ----------------------------------------------------------------------------- sinusoid
 
 def test_sinusoid_tasks_follow_the_formula_within_ranges():
@@ -362,7 +429,7 @@ def test_real_omniglot_counts(real_characters):
 
 def test_real_vinyals_splits(real_data_root, real_characters):
     pools = {split: omniglot_pool(split, real_data_root) for split in ("train", "val", "test", "trainval")}
-    assert {s: len(p) for s, p in pools.items()} == {"train": 4112, "val": 688, "test": 1692, "trainval": 4800}
+    assert {s: p.num_classes for s, p in pools.items()} == {"train": 4112, "val": 688, "test": 1692, "trainval": 4800}
     assert pools["trainval"].class_names == pools["train"].class_names + pools["val"].class_names
     characters = {s: {n.rsplit("/", 1)[0] for n in p.class_names} for s, p in pools.items()}
     assert not characters["train"] & characters["val"] and not characters["trainval"] & characters["test"]
@@ -373,10 +440,10 @@ def test_real_vinyals_splits(real_data_root, real_characters):
     where = {name: i for i, name in enumerate(pool.class_names)}
     upright = [n for n in pool.class_names if n.endswith("rot000")]
     for k, degrees in enumerate(("rot000", "rot090", "rot180", "rot270")):
-        turned = pool.images[[where[n[:-6] + degrees] for n in upright], :, 0].numpy()
-        assert np.array_equal(turned, np.rot90(pool.images[[where[n] for n in upright], :, 0].numpy(), k, axes=(2, 3)))
+        turned = grid(pool)[[where[n[:-6] + degrees] for n in upright], :, 0].numpy()
+        assert np.array_equal(turned, np.rot90(grid(pool)[[where[n] for n in upright], :, 0].numpy(), k, axes=(2, 3)))
     first = upright[0].rsplit("/", 1)[0]
-    assert np.array_equal(pool.images[where[upright[0]], :, 0].numpy(),
+    assert np.array_equal(grid(pool)[where[upright[0]], :, 0].numpy(),
                           real_characters.images[real_characters.names.index(first)])
 
 

@@ -65,7 +65,7 @@ def test_gp_posterior_one_point_by_hand_and_variable_context():
     sizes = {len(GPTasks(10, 4, seed=1, variable_context=True).task(i).support_x) for i in range(200)}
     assert sizes == set(range(3, 11))
     suite_cfg = load_config("cnp-gp1d", ["train.episodes.shots=6", "train.episodes.queries=3"])
-    from fastadapt.tasks import build_suite
+    from fastadapt.data import build_suite
     suite = build_suite(suite_cfg, None)
     assert 3 <= len(suite.train_task(5).support_x) <= 6 and len(suite.train_task(5).query_x) == 3
     fixed = suite.fixed_set("test", None, 4, 7, 3, seed=1)

@@ -137,6 +137,19 @@ def test_relation_builds_on_conv4_feature_maps():
         RelationNetwork.build(Conv4(hidden=8), 3)
 
 
+def test_relation_unequal_shots_are_summed_at_the_average_shot_count():
+    """Class maps are sums over each class's shots, rescaled to S / N shots when the shots are
+    unequal: with copies of one image per class, [x0, x1 x3, x2 x2] scores as [x0 x2, x1 x2, x2 x2]."""
+    torch.manual_seed(0)
+    learner = RelationNetwork.build(Conv4(hidden=4, bn="inductive", image_size=16, pooled_blocks=2,
+                                          flatten=False), 3, hidden=4, fc_hidden=3).eval()
+    images, queries = torch.rand(3, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    unequal = torch.tensor([1, 2, 1, 0, 2, 1])  # shuffled: 1, 3 and 2 shots
+    equal = torch.tensor([0, 0, 1, 1, 2, 2])
+    scores = [learner.predict(Episode(images[y], y, queries, None, ways=3)) for y in (unequal, equal)]
+    torch.testing.assert_close(scores[0], scores[1])
+
+
 def test_conv4_default_is_unchanged():
     # The default keeps its layer layout (state-dict keys) and its 64-d output on 28x28.
     backbone = Conv4()

@@ -11,6 +11,7 @@ and built as `Suite(config, data_root, download)`. It offers:
   episodes with `save(path)`; the same arguments always give the same tasks, so every method is
   scored on identical episodes (classification: `FixedEpisodes`, index arrays; regression:
   `FixedTasks`, the tasks themselves);
+- `item_from_file(path)` (image datasets): one user file as a stored item, for `predict`;
 - `Args`: a dataclass of the dataset's own settings (`data.args` in YAML or
   `--set data.args.root=DIR`), checked like the rest of the config: an unknown key or a wrong
   type is a one-line error naming the valid keys.
@@ -54,6 +55,9 @@ class TaskSuite:
     def train_task(self, index: int) -> Episode:
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Fail now, before training, if training tasks cannot be drawn."""
+
     def fixed_set(self, split: str, ways: int | None, shots: int, queries: int, episodes: int, seed: int):
         raise NotImplementedError
 
@@ -77,18 +81,43 @@ class ClassificationSuite(TaskSuite):
         super().__init__(config, data_root, download)
         self.image_size = config.data.image_size
         self._loaded: dict[str, LabelledDataset] = {}
+        self._train: EpisodeSampler | None = None
         for key in ("train_split", "val_split", "test_split"):
             split = getattr(config.data, key)
             if split is not None and split not in self.splits:
                 raise FastAdaptError(f"data.{key}: {config.data.dataset} has no split {split!r}; "
                                      f"valid splits: {', '.join(self.splits)}")
-        episodes = config.train.episodes
-        if not episodes.ways:
+        if not config.train.episodes.ways:
             raise FastAdaptError(f"dataset {config.data.dataset!r} needs train.episodes.ways (got null)")
-        train = self.split(config.data.train_split)
-        self._train = EpisodeSampler(train, episodes.ways, episodes.shots, episodes.queries, seed=config.seed)
-        self.input_shape = tuple(train.as_model_input(np.arange(1)).shape[1:])
-        self.num_train_classes = train.num_classes
+
+    # Loaded on first use, so evaluating a trained model on another dataset never loads (or
+    # samples from) that dataset's training split.
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        data = self.split(self.config.data.train_split)
+        return tuple(data.as_model_input(np.arange(1)).shape[1:])
+
+    @property
+    def num_train_classes(self) -> int:
+        return self.split(self.config.data.train_split).num_classes
+
+    def check(self) -> None:
+        """Load the training split and check the training episodes can be drawn (before training)."""
+        self._sampler()
+
+    def _sampler(self) -> EpisodeSampler:
+        if self._train is None:
+            e = self.config.train.episodes
+            self._train = EpisodeSampler(self.split(self.config.data.train_split), e.ways, e.shots, e.queries,
+                                         seed=self.config.seed)
+        return self._train
+
+    def item_from_file(self, path: str | Path, channels: int) -> np.ndarray:
+        """One image file as this dataset's items are stored: uint8 (channels, image_size, image_size).
+        Datasets with their own preprocessing (Omniglot inverts ink) override this; `fastadapt
+        predict` reads the user's files through it, so they match what the model was trained on."""
+        from .images import decode_image
+        return decode_image(path, self.image_size, channels, getattr(self.args, "resize", "squash"))
 
     def load_split(self, split: str) -> LabelledDataset:
         """The items and labels of one split (class ids 0..n-1 within the split)."""
@@ -102,7 +131,7 @@ class ClassificationSuite(TaskSuite):
         return self._loaded[split]
 
     def train_task(self, index: int) -> Episode:
-        return self._train.episode(index)
+        return self._sampler().episode(index)
 
     def fixed_set(self, split: str, ways: int, shots: int, queries: int, episodes: int, seed: int) -> FixedEpisodes:
         return FixedEpisodes.generate(self.split(split), ways, shots, queries, episodes, seed)
@@ -132,5 +161,28 @@ class FixedTasks(Sequence[Episode]):
 REGRESSION_SPLIT_OFFSETS = {"val": 1_000_003, "test": 2_000_003}
 
 
-def regression_split_seed(split: str, seed: int) -> int:
-    return seed + REGRESSION_SPLIT_OFFSETS.get(split, 3_000_017)
+class RegressionSuite(TaskSuite):
+    """Regression task families whose task `index` is a pure function of (seed, index).
+
+    Subclasses implement `source(shots, queries, seed, training)`, an object with `task(index)`;
+    validation and test tasks come from seeds offset from the evaluation seed, so they are
+    disjoint from training's stream and from each other.
+    """
+
+    problem = "regression"
+    input_shape = (1,)
+
+    def __init__(self, config: Config, data_root: str | Path | None = None, download: bool = False):
+        super().__init__(config, data_root, download)
+        episodes = config.train.episodes
+        self._train = self.source(episodes.shots, episodes.queries, config.seed, training=True)
+
+    def source(self, shots: int, queries: int, seed: int, training: bool):
+        raise NotImplementedError
+
+    def train_task(self, index: int) -> Episode:
+        return self._train.task(index)
+
+    def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedTasks:
+        source = self.source(shots, queries, seed + REGRESSION_SPLIT_OFFSETS.get(split, 3_000_017), training=False)
+        return FixedTasks([source.task(i) for i in range(episodes)], seed)

@@ -12,11 +12,14 @@ Evaluation tasks have exactly `shots` context points.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import FastAdaptError
+from ..registry import DATASETS
+from .base import RegressionSuite
 from .episode import Episode
 
 
@@ -77,3 +80,21 @@ class GPTasks:
         return (f"GPTasks(shots={self.shots}, queries={self.queries}, seed={self.seed}, "
                 f"lengthscale={self.lengthscale}, signal_var={self.signal_var}, jitter={self.jitter}, "
                 f"variable_context={self.variable_context})")
+
+
+@DATASETS.register("gp1d")
+class GP1DSuite(RegressionSuite):
+    """1-D GP regression (Neural Process papers): RBF kernel, lengthscale 0.4, x in [-2, 2].
+    Training tasks draw their context size in [min(3, shots), shots]; validation and test tasks
+    have exactly `shots` context points."""
+
+    @dataclass
+    class Args:
+        lengthscale: float = 0.4  # RBF kernel lengthscale l
+        signal_var: float = 1.0  # kernel variance s^2
+        jitter: float = 1e-4  # added to the covariance diagonal (observation noise variance)
+
+    def source(self, shots: int, queries: int, seed: int, training: bool) -> GPTasks:
+        a = self.args
+        return GPTasks(shots, queries, seed=seed, lengthscale=a.lengthscale, signal_var=a.signal_var,
+                       jitter=a.jitter, variable_context=training)

@@ -16,11 +16,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import FastAdaptError
 from ..paths import user_cache_dir
-from ..utils import atomic_write
+from ..utils import WriteError, atomic_write
 from .dataset import LabelledDataset
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -28,15 +28,42 @@ RESIZE_MODES = ("squash", "center_crop")
 _CACHE_FORMAT = 1
 
 
+def canonical_mode(img: Image.Image) -> Image.Image:
+    """`img` upright and in a mode that converts to L / RGB without losing its content.
+
+    EXIF orientation is applied (phone photos are often stored sideways); 16-bit and float
+    images are scaled to 8 bits (PIL's own conversion clips them, which turns most 16-bit
+    images white); transparent pixels are composited onto white (PIL's drops alpha, showing
+    whatever colour the transparent pixels happen to hold, often black).
+    """
+    try:
+        orientation = img.getexif().get(0x0112, 1)  # 0x0112: Orientation
+    except Exception:  # a damaged EXIF block does not make the pixels unreadable
+        orientation = 1
+    if orientation != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float64)
+        array = array * 255 if np.nanmax(array, initial=0) <= 1 else array  # [0, 1] floats, else 0..255
+        img = Image.fromarray(np.rint(np.clip(np.nan_to_num(array), 0, 255)).astype(np.uint8))
+    elif img.mode == "I" or img.mode.startswith("I;16"):
+        array = np.asarray(img, dtype=np.float64)  # full scale 65535 (16-bit PNG / TIFF / PGM)
+        img = Image.fromarray(np.rint(np.clip(array / 257, 0, 255)).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img
+
+
 def to_array(img: Image.Image, size: int, channels: int, resize: str = "squash") -> np.ndarray:
-    """uint8 (channels, size, size) from a PIL image.
+    """uint8 (channels, size, size) from a PIL image (made upright and 8-bit by `canonical_mode`).
 
     `resize="squash"` resizes straight to size x size, ignoring the aspect ratio (what Ravi &
     Larochelle's mini-ImageNet preprocessing does); "center_crop" scales the shorter side to
     `size` and crops the centre square. Resampling is bicubic (LANCZOS for downscaling Omniglot
     lives in omniglot.py).
     """
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = canonical_mode(img).convert("L" if channels == 1 else "RGB")
     if resize == "center_crop" and img.size[0] != img.size[1]:
         w, h = img.size
         scale = size / min(w, h)
@@ -54,8 +81,10 @@ def decode_image(source: str | Path | bytes, size: int, channels: int = 3, resiz
                  where: str | None = None) -> np.ndarray:
     """Decode one image file (path or bytes) to uint8 (channels, size, size).
 
-    Raises FastAdaptError naming `where` (default: the path) for an unreadable or truncated
+    Raises FastAdaptError naming `where` (default: the path) for a missing, unreadable or truncated
     image; the whole file is decoded, so a half-written image is caught here, not in training.
+    Any exception from parsing the file counts as unreadable (corrupt files make PIL raise many
+    kinds), except MemoryError.
     """
     where = where or str(source if not isinstance(source, bytes) else "<bytes>")
     try:
@@ -63,8 +92,13 @@ def decode_image(source: str | Path | bytes, size: int, channels: int = 3, resiz
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             return to_array(img, size, channels, resize)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise FastAdaptError(f"cannot read image {where} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'}); "
+    except MemoryError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError, OSError, SyntaxError, struct.error, ... from a bad file
+        detail = str(exc).splitlines()[0] if str(exc) else "corrupt"
+        if isinstance(exc, UnidentifiedImageError):  # its message shows a BytesIO repr, not the file
+            detail = "not an image format Pillow recognises"
+        raise FastAdaptError(f"cannot read image {where} ({type(exc).__name__}: {detail}); "
                              f"replace or delete the file (or set data.args.skip_bad=true where supported)") from None
 
 
@@ -110,6 +144,6 @@ def cached_dataset(kind: str, key: dict, build: Callable[[], LabelledDataset],
         arrays["sources"] = np.array(dataset.sources)
     try:
         atomic_write(path, lambda f: np.savez(f, **arrays))
-    except OSError as exc:
+    except (OSError, WriteError) as exc:  # a cache that cannot be written costs speed, not correctness
         warnings.warn(f"could not write the decoded cache {path} ({exc}); set FASTADAPT_CACHE to a writable folder")
     return dataset

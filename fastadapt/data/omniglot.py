@@ -1,4 +1,4 @@
-"""Omniglot (Lake, Salakhutdinov & Tenenbaum, 2015): loading, caching and class pools.
+"""Omniglot (Lake, Salakhutdinov & Tenenbaum, 2015): loading, caching, class splits and the `omniglot` dataset.
 
 The two official archives are decoded once into one uint8 array of every character's 20
 drawings, cached as .npz under the user cache (keyed by image size and the archives' checksums),
@@ -25,8 +25,11 @@ from PIL import Image
 
 from ..errors import FastAdaptError
 from ..paths import resolve_data_root, user_cache_dir
-from ..utils import atomic_write
+from ..utils import WriteError, atomic_write
+from .base import ClassificationSuite
+from .dataset import LabelledDataset
 from .download import download_file
+from ..registry import DATASETS
 
 _OFFICIAL = "https://github.com/brendenlake/omniglot/raw/master/python/"
 #: stem -> (official URL, official MD5 or None, minimum plausible size in bytes)
@@ -71,18 +74,6 @@ class OmniglotCharacters:
 
     def __len__(self) -> int:
         return len(self.names)
-
-
-@dataclass
-class ClassPool:
-    """The classes an episode sampler draws from: `images` uint8 (n_classes, n_per_class, 1, H, W)."""
-
-    images: torch.Tensor
-    class_names: list[str]
-    name: str
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
 
 
 # ----------------------------------------------------------------------------- locating files
@@ -240,7 +231,7 @@ def _write_cache(path: Path, chars: OmniglotCharacters) -> None:
     try:
         atomic_write(path, lambda f: np.savez(f, images=chars.images, names=np.array(chars.names),
                                               archive=np.array(chars.archive)))
-    except OSError as exc:  # a read-only cache costs speed, not correctness
+    except (OSError, WriteError) as exc:  # a read-only cache costs speed, not correctness
         warnings.warn(f"could not write the Omniglot cache {path} ({exc}); set FASTADAPT_CACHE to a writable folder")
 
 
@@ -308,8 +299,9 @@ def _vinyals_classes(chars: OmniglotCharacters, split: str) -> tuple[np.ndarray,
     return images, lines
 
 
-def omniglot_pool(split: str, root: Path | str | None = None, size: int = 28, download: bool = False) -> ClassPool:
-    """Classes of an Omniglot split, as a uint8 pool (n_classes, 20, 1, size, size).
+def omniglot_pool(split: str, root: Path | str | None = None, size: int = 28, download: bool = False) -> LabelledDataset:
+    """Classes of an Omniglot split as a labelled dataset: items uint8 (n_classes * 20, 1, size, size),
+    item c * 20 + j being drawing j of class c.
 
     "train"/"val"/"test"/"trainval": the Vinyals et al. rotated classes (4112/688/1692/4800),
     which mix alphabets of both archives. "background"/"evaluation": Lake's alphabet split,
@@ -323,4 +315,22 @@ def omniglot_pool(split: str, root: Path | str | None = None, size: int = 28, do
         images, names, name = chars.images[keep], [chars.names[i] for i in keep], f"omniglot/{split}"
     else:
         (images, names), name = _vinyals_classes(chars, split), f"omniglot/vinyals-{split}"
-    return ClassPool(torch.from_numpy(images).unsqueeze(2), names, name)
+    return LabelledDataset.from_class_array(torch.from_numpy(images).unsqueeze(2), names, name)
+
+
+@DATASETS.register("omniglot")
+class OmniglotSuite(ClassificationSuite):
+    """Few-shot classification on Omniglot class splits (Vinyals or Lake background/evaluation)."""
+
+    splits = SPLITS
+
+    def load_split(self, split: str) -> LabelledDataset:
+        return omniglot_pool(split, root=self.data_root, size=self.image_size, download=self.download)
+
+    def item_from_file(self, path: str | Path, channels: int = 1) -> np.ndarray:
+        """A drawing as Omniglot's items: grayscale, resized, ink high (dark strokes on light paper)."""
+        try:
+            with Image.open(path) as img:
+                return preprocess_image(img, self.image_size)[None]
+        except (OSError, ValueError) as exc:
+            raise FastAdaptError(f"cannot read image {path} ({exc}); replace or remove the file") from None

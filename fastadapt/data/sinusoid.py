@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import FastAdaptError
+from ..registry import DATASETS
+from .base import RegressionSuite
 from .episode import Episode
 
 
@@ -61,3 +64,21 @@ class SinusoidTasks:
     def __repr__(self) -> str:
         return (f"SinusoidTasks(shots={self.shots}, queries={self.queries}, seed={self.seed}, "
                 f"amplitude={self.amplitude}, phase={self.phase}, x_range={self.x_range})")
+
+
+@DATASETS.register("sinusoid")
+class SinusoidSuite(RegressionSuite):
+    """Sinusoid regression (MAML paper): amplitude in [0.1, 5], phase in [0, pi], x in [-5, 5]."""
+
+    @dataclass
+    class Args:
+        amplitude: tuple[float, ...] = (0.1, 5.0)  # (low, high) of the uniform amplitude
+        phase: tuple[float, ...] = (0.0, math.pi)  # (low, high) of the uniform phase, radians
+        x_range: tuple[float, ...] = (-5.0, 5.0)  # (low, high) of the uniform inputs
+
+    def source(self, shots: int, queries: int, seed: int, training: bool) -> SinusoidTasks:
+        a = self.args
+        for name in ("amplitude", "phase", "x_range"):
+            if len(getattr(a, name)) != 2:
+                raise FastAdaptError(f"data.args.{name} must be [low, high], got {list(getattr(a, name))}")
+        return SinusoidTasks(shots, queries, seed=seed, amplitude=a.amplitude, phase=a.phase, x_range=a.x_range)

@@ -5,20 +5,35 @@ Optimisation-based learners never mutate these modules; they call them through
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
+from ..errors import FastAdaptError
 from ..registry import BACKBONES
 
-BN_MODES = ("transductive", "inductive")
+BNMode = Literal["transductive", "inductive"]
+BN_MODES = get_args(BNMode)
+
+
+def require(ok: bool, key: str, value, allowed: str) -> None:
+    """The one-line error of a backbone setting outside its range."""
+    if not ok:
+        raise FastAdaptError(f"model.backbone_args.{key} = {value!r} is out of range; it must be {allowed}")
+
+
+def _check_bn(bn: str) -> None:
+    if bn not in BN_MODES:
+        raise FastAdaptError(f"model.backbone_args.bn must be one of {', '.join(map(repr, BN_MODES))}; got {bn!r}")
 
 
 def _batch_norm(channels: int, bn: str) -> nn.BatchNorm2d:
     """Transductive BN normalises with the statistics of the batch it sees, at train *and* test
     time (what MAML used: per-episode statistics, no running averages). Inductive BN keeps
     running averages and uses them in eval mode (the usual ProtoNet setting)."""
-    if bn not in BN_MODES:
-        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
+    _check_bn(bn)
     return nn.BatchNorm2d(channels, track_running_stats=(bn == "inductive"))
 
 
@@ -40,14 +55,32 @@ class Conv4(nn.Module):
     given by `feature_shape`, for learners that compare images spatially.
     """
 
+    @dataclass
+    class Args:
+        """`model.backbone_args` of conv4 (in_channels, image_size, out_features and channels_last
+        are derived from the data, the learner and the device by `build_backbone`)."""
+        hidden: int = 64  # channels of every conv block
+        bn: BNMode = "transductive"  # batch statistics at test time too (MAML) or running averages (ProtoNet)
+        pooled_blocks: int = 4  # how many of the 4 blocks end in a 2x2 max-pool (relation: 2)
+        flatten: bool = True  # False: return (hidden, side, side) feature maps, not vectors
+
+        def __post_init__(self):
+            require(self.hidden >= 1, "hidden", self.hidden, ">= 1")
+            _check_bn(self.bn)
+            require(0 <= self.pooled_blocks <= 4, "pooled_blocks", self.pooled_blocks, "in 0..4")
+
     def __init__(self, in_channels: int = 1, hidden: int = 64, out_features: int | None = None,
                  bn: str = "transductive", image_size: int = 28, channels_last: bool = False,
                  pooled_blocks: int = 4, flatten: bool = True):
         super().__init__()
-        if not 0 <= pooled_blocks <= 4:
-            raise ValueError(f"pooled_blocks must be in 0..4, got {pooled_blocks}")
+        self.Args(hidden=hidden, bn=bn, pooled_blocks=pooled_blocks, flatten=flatten)  # the range checks
         if out_features and not flatten:
-            raise ValueError("a linear head needs flatten=True")
+            raise FastAdaptError("this learner puts a linear head on the backbone, which needs "
+                                 "model.backbone_args.flatten=true")
+        if image_size >> pooled_blocks < 1:
+            raise FastAdaptError(f"conv4 with {pooled_blocks} poolings needs images of at least "
+                                 f"{2 ** pooled_blocks}x{2 ** pooled_blocks} pixels, got data.image_size={image_size}; "
+                                 f"lower model.backbone_args.pooled_blocks")
         self.channels_last = channels_last
         self.flatten = flatten
         layers: list[nn.Module] = []
@@ -83,8 +116,17 @@ class Conv4(nn.Module):
 class MLP(nn.Module):
     """Fully connected ReLU network; the MAML sinusoid model is MLP(1, (40, 40), 1)."""
 
+    @dataclass
+    class Args:
+        """`model.backbone_args` of mlp (in_features and out_features are derived)."""
+        hidden: tuple[int, ...] = (40, 40)  # widths of the hidden ReLU layers, input to output
+
+        def __post_init__(self):
+            require(all(h >= 1 for h in self.hidden), "hidden", list(self.hidden), "a list of widths >= 1")
+
     def __init__(self, in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1):
         super().__init__()
+        self.Args(hidden=tuple(hidden))  # the range checks
         dims = [in_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
@@ -100,6 +142,10 @@ class MLP(nn.Module):
 @BACKBONES.register("raw-input")
 class RawInput(nn.Module):
     """The input itself, flattened: neural processes encode raw (x, y) pairs, as the papers do."""
+
+    @dataclass
+    class Args:
+        """raw-input has no settings (in_features is derived from the data)."""
 
     def __init__(self, in_features: int = 1):
         super().__init__()

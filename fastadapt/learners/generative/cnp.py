@@ -17,6 +17,7 @@ a target x*. The whole map context -> predictor is trained by maximum likelihood
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from torch import nn
 from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
-from ..base import Learner, classification_loss
+from ..base import Learner, class_means, classification_loss, parse_args, require
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -51,9 +52,20 @@ def gaussian_log_likelihood(y: torch.Tensor, mean: torch.Tensor, std: torch.Tens
 
 @LEARNERS.register("cnp")
 class CNP(Learner):
-    def __init__(self, backbone: nn.Module, *, ways: int | None = None, encoder: tuple[int, ...] = (128, 128, 128, 128),
-                 decoder: tuple[int, ...] = (128, 128)):
+    @dataclass
+    class Args:
+        encoder: tuple[int, ...] = (128, 128, 128, 128)  # widths of the (x, y) -> r MLP; the last is r's size
+        decoder: tuple[int, ...] = (128, 128)  # hidden widths of the (r, x*) -> prediction MLP
+
+        def __post_init__(self):
+            require(len(self.encoder) >= 1 and min(self.encoder) >= 1, "encoder", list(self.encoder),
+                    "a non-empty list of widths >= 1")
+            require(all(w >= 1 for w in self.decoder), "decoder", list(self.decoder), "a list of widths >= 1")
+
+    def __init__(self, backbone: nn.Module, *, ways: int | None = None, **kwargs):
         super().__init__()
+        args = parse_args(self.Args, kwargs)
+        encoder, decoder = args.encoder, args.decoder
         self.backbone = backbone
         self.ways = ways
         self.problem = "classification" if ways else "regression"
@@ -85,8 +97,8 @@ class CNP(Learner):
         support, query = z[:n_support], z[n_support:]
         labels = F.one_hot(episode.support_y, self.ways).to(support.dtype)
         encoded = self.encoder(torch.cat([support, labels], -1))
-        # Per-class mean of the encodings (labels need not be class-major here).
-        r = labels.T @ encoded / labels.sum(0).unsqueeze(-1)  # (ways, R)
+        # Per-class mean of the encodings, by label: any order, any number of shots per class.
+        r = class_means(encoded, episode.support_y, self.ways)  # (ways, R)
         pairs = torch.cat([r.unsqueeze(0).expand(len(query), -1, -1),
                            query.unsqueeze(1).expand(-1, self.ways, -1)], -1)  # (Q, ways, R + D)
         return self.decoder(pairs).squeeze(-1)

@@ -13,9 +13,11 @@ one reparameterised sample of z per task, as in the authors' notebook.
 
 The noise of that sample is drawn from a generator seeded by the training step and the task's
 data, so the loss is a pure function of (parameters, episode, step): a resumed run or another
-engine sees the same noise.
+engine sees the same noise. `predict` uses the mean of q(z | C): no noise, no query labels.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,7 @@ from torch import nn
 
 from ...data.episode import Episode
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, parse_args, require
 from .cnp import gaussian_head, gaussian_log_likelihood, mlp
 
 
@@ -38,10 +40,24 @@ def kl_diagonal_gaussians(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch
 class NeuralProcess(Learner):
     problem = "regression"
 
-    def __init__(self, backbone: nn.Module, *, encoder: tuple[int, ...] = (128, 128, 128, 128),
-                 latent_encoder: tuple[int, ...] = (128, 128, 128, 128), latent_dim: int = 128,
-                 decoder: tuple[int, ...] = (128, 128)):
+    @dataclass
+    class Args:
+        encoder: tuple[int, ...] = (128, 128, 128, 128)  # deterministic path (x, y) -> r; the last is r's size
+        latent_encoder: tuple[int, ...] = (128, 128, 128, 128)  # latent path (x, y) -> s, before mu and sigma
+        latent_dim: int = 128  # size of the global latent z
+        decoder: tuple[int, ...] = (128, 128)  # hidden widths of the (r, z, x*) -> Gaussian MLP
+
+        def __post_init__(self):
+            for key in ("encoder", "latent_encoder"):
+                widths = getattr(self, key)
+                require(len(widths) >= 1 and min(widths) >= 1, key, list(widths), "a non-empty list of widths >= 1")
+            require(self.latent_dim >= 1, "latent_dim", self.latent_dim, ">= 1")
+            require(all(w >= 1 for w in self.decoder), "decoder", list(self.decoder), "a list of widths >= 1")
+
+    def __init__(self, backbone: nn.Module, **kwargs):
         super().__init__()
+        args = parse_args(self.Args, kwargs)
+        encoder, latent_encoder, latent_dim, decoder = args.encoder, args.latent_encoder, args.latent_dim, args.decoder
         self.backbone = backbone
         x_dim = backbone.embedding_dim
         self.encoder = mlp([x_dim + 1, *encoder])
@@ -87,7 +103,10 @@ class NeuralProcess(Learner):
         return self.decode(context_x, context_y, mu + sigma * eps, target_x)
 
     def _noise(self, episode: Episode, shape: torch.Size) -> torch.Tensor:
-        key = hash((self.step, float(episode.support_x.sum()), float(episode.query_y.sum()), len(episode.query_x)))
+        """Training noise (`task_loss` only). Keyed by the query targets as before, so training is
+        unchanged; without them (an unlabelled episode) by the query inputs."""
+        query = episode.query_y if episode.query_y is not None else episode.query_x
+        key = hash((self.step, float(episode.support_x.sum()), float(query.sum()), len(episode.query_x)))
         generator = torch.Generator().manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
         return torch.randn(shape, generator=generator)
 

@@ -11,11 +11,14 @@ query node's are the logits.
 
 All Q graphs of an episode share the support set and are run as one batch of Q graphs.
 Nothing depends on the order of the nodes except node 0 being the query, so permuting the
-support set leaves the logits unchanged and permuting the queries permutes them.
+support set leaves the logits unchanged and permuting the queries permutes them; a support node
+carries its own label, so any number of shots per class works.
 Omniglot settings of the authors' code: 2 hidden layers adding 48 features each, edge MLP
 widths (2, 1.5, 1, 1) x the node width, leaky ReLU, BatchNorm (no dropout here).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +28,7 @@ from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...models.backbones import BN_MODES
 from ...registry import LEARNERS
-from ..base import Learner, classification_loss
+from ..base import Learner, classification_loss, parse_args, require
 
 
 def _batch_norm_1d(features: int, bn: str) -> nn.BatchNorm1d:
@@ -92,6 +95,18 @@ class GraphNetwork(nn.Module):
 
 @LEARNERS.register("gnn")
 class GNNLearner(Learner):
+    @dataclass
+    class Args:
+        layers: int = 2  # hidden [learn edges -> graph conv] blocks before the readout layer
+        node_features: int = 48  # features each hidden block adds to every node (dense connections)
+        edge_ratios: tuple[float, ...] = (2, 1.5, 1, 1)  # edge MLP widths, as multiples of the node width
+
+        def __post_init__(self):
+            require(self.layers >= 0, "layers", self.layers, ">= 0")
+            require(self.node_features >= 1, "node_features", self.node_features, ">= 1")
+            require(all(r > 0 for r in self.edge_ratios), "edge_ratios", list(self.edge_ratios),
+                    "a list of ratios > 0")
+
     def __init__(self, backbone: nn.Module, ways: int, **graph_args):
         super().__init__()
         dim = getattr(backbone, "embedding_dim", None)
@@ -104,11 +119,12 @@ class GNNLearner(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in self.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, *, layers: int = 2, node_features: int = 48,
-              edge_ratios: list[float] | tuple[float, ...] = (2, 1.5, 1, 1)) -> "GNNLearner":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "GNNLearner":
+        args = parse_args(cls.Args, kwargs)
         if not ways:
             raise FastAdaptError("gnn is a classification learner; use an N-way dataset (e.g. omniglot)")
-        return cls(backbone, ways, layers=layers, node_features=node_features, edge_ratios=tuple(edge_ratios))
+        return cls(backbone, ways, layers=args.layers, node_features=args.node_features,
+                   edge_ratios=tuple(args.edge_ratios))
 
     def logits(self, episode: Episode) -> torch.Tensor:
         if episode.ways != self.ways:

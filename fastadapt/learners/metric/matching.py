@@ -10,8 +10,12 @@ P(true) <= e / (e + 4/e) = 0.65), which is why later work adds a temperature.
 Full-context embeddings (`fce: true`) embed each example in the context of the whole support set:
 g is a bidirectional LSTM over the support embeddings with a skip connection, and f is an
 attention LSTM that reads the support set K times for each query (paper, appendix A.2).
+The LSTM reads the support as a sequence, so it is first ordered stably by label (a no-op on the
+samplers' class-major episodes): a user's shuffled support then gives the class-major result.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +24,7 @@ from torch import nn
 from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, by_label, parse_args, require
 
 
 def cosine_attention_logits(queries: torch.Tensor, support: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -64,8 +68,6 @@ class QueryAttentionLSTM(nn.Module):
 
     def __init__(self, dim: int, steps: int):
         super().__init__()
-        if steps < 1:
-            raise FastAdaptError(f"learner.args.fce_steps must be >= 1, got {steps}; set it to e.g. 5")
         self.cell = nn.LSTMCell(2 * dim, dim)
         self.steps = steps
 
@@ -81,11 +83,24 @@ class QueryAttentionLSTM(nn.Module):
 
 @LEARNERS.register("matching")
 class MatchingNetworks(Learner):
-    def __init__(self, backbone: nn.Module, *, fce: bool = False, fce_steps: int = 5, scale: float = 1.0):
+    @dataclass
+    class Args:
+        fce: bool = False  # full-context embeddings (support BiLSTM + query attention LSTM)
+        fce_steps: int = 5  # K, the attention LSTM's reads of the support set per query (fce only)
+        scale: float = 1.0  # multiplies the cosines before the softmax; 1 is the paper
+
+        def __post_init__(self):
+            require(self.fce_steps >= 1, "fce_steps", self.fce_steps, ">= 1 (e.g. 5)")
+            require(self.scale > 0, "scale", self.scale, "> 0")
+
+    def __init__(self, backbone: nn.Module, **kwargs):
         super().__init__()
+        args = parse_args(self.Args, kwargs)
+        fce, fce_steps = args.fce, args.fce_steps
         self.backbone = backbone
         self.fce = fce
-        self.scale = float(scale)
+        self.scale = float(args.scale)
+        self.order_invariant = not fce  # the support LSTM depends on the order within each class
         if fce:
             dim = getattr(backbone, "embedding_dim", None)
             if dim is None:
@@ -104,12 +119,13 @@ class MatchingNetworks(Learner):
         """log P(c | query, S) for every query and class: (Q, N)."""
         n_support = episode.support_x.shape[0]
         z = self.backbone(torch.cat([episode.support_x, episode.query_x])).flatten(1)
-        support, queries = z[:n_support], z[n_support:]
+        support, queries, support_y = z[:n_support], z[n_support:], episode.support_y
         if self.fce:
+            support, support_y = by_label(support, support_y)
             support = self.support_context(support)
             queries = self.query_context(queries, support)
         logits = cosine_attention_logits(queries, support, self.scale)
-        return class_log_probs(logits, episode.support_y, episode.ways)
+        return class_log_probs(logits, support_y, episode.ways)
 
     def task_loss(self, episode: Episode):
         log_probs = self.log_probs(episode)

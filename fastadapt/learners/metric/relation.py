@@ -5,11 +5,15 @@ class and 0 otherwise (mean squared error, as the paper: "relation score" not lo
 Embedding: Conv-4 with max-pooling in the first two blocks only, returning feature maps
 (28x28 -> 64x7x7 with our padding=1 convolutions; the paper's code leaves the first two
 convolutions unpadded, 28x28 -> 64x5x5). For K > 1 shots a class's feature map is the *sum* of
-its support feature maps (paper, section 3.3). Relation module: two [conv3x3 -> BN -> maxpool2
--> ReLU] blocks on the channel-concatenated pair (class, query), then FC -> ReLU -> FC -> sigmoid
-(8 hidden units).
+its support feature maps (paper, section 3.3); with unequal shots, each class's sum is rescaled to
+the average shot count (its mean times S / N), so a class is not favoured for having more
+examples, and balanced episodes keep the paper's plain sums bitwise (the factor is exactly 1).
+Relation module: two [conv3x3 -> BN -> maxpool2 -> ReLU] blocks on the channel-concatenated
+pair (class, query), then FC -> ReLU -> FC -> sigmoid (8 hidden units).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +23,7 @@ from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...models.backbones import _batch_norm
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, parse_args, require
 
 
 class RelationModule(nn.Module):
@@ -62,6 +66,15 @@ def relation_pairs(class_maps: torch.Tensor, query_maps: torch.Tensor) -> torch.
 
 @LEARNERS.register("relation")
 class RelationNetwork(Learner):
+    @dataclass
+    class Args:
+        hidden: int = 64  # channels of the relation module's two conv blocks
+        fc_hidden: int = 8  # width of the relation module's hidden fully connected layer
+
+        def __post_init__(self):
+            require(self.hidden >= 1, "hidden", self.hidden, ">= 1")
+            require(self.fc_hidden >= 1, "fc_hidden", self.fc_hidden, ">= 1")
+
     def __init__(self, backbone: nn.Module, relation: nn.Module):
         super().__init__()
         self.backbone = backbone
@@ -69,14 +82,15 @@ class RelationNetwork(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in self.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, *, hidden: int = 64, fc_hidden: int = 8) -> "RelationNetwork":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "RelationNetwork":
+        args = parse_args(cls.Args, kwargs)
         if not ways:
             raise FastAdaptError("relation is a classification learner; use an N-way dataset (e.g. omniglot)")
         if getattr(backbone, "flatten", True) or not hasattr(backbone, "feature_shape"):
             raise FastAdaptError("relation needs feature maps from its backbone; set model.backbone: conv4 with "
                                  "model.backbone_args: {pooled_blocks: 2, flatten: false}")
-        relation = RelationModule(backbone.feature_shape, hidden, fc_hidden, getattr(backbone, "bn", "inductive"),
-                                  getattr(backbone, "channels_last", False))
+        relation = RelationModule(backbone.feature_shape, args.hidden, args.fc_hidden,
+                                  getattr(backbone, "bn", "inductive"), getattr(backbone, "channels_last", False))
         return cls(backbone, relation)
 
     def scores(self, episode: Episode) -> torch.Tensor:
@@ -84,9 +98,12 @@ class RelationNetwork(Learner):
         n_support = episode.support_x.shape[0]
         maps = self.backbone(torch.cat([episode.support_x, episode.query_x]))
         support, queries = maps[:n_support], maps[n_support:]
-        # Sum the shots of each class (a (N, S) membership matrix, so any support order works).
+        # Sum the shots of each class (a (N, S) membership matrix, so any support order works),
+        # rescaled to S / N shots: exactly 1.0 (a bitwise no-op) when the classes are balanced.
         membership = F.one_hot(episode.support_y, episode.ways).to(support.dtype).T
-        class_maps = torch.einsum("ns,schw->nchw", membership, support)
+        counts = membership.sum(1)
+        scale = (n_support / episode.ways) / counts
+        class_maps = torch.einsum("ns,schw->nchw", membership, support) * scale.view(-1, 1, 1, 1)
         return self.relation(relation_pairs(class_maps, queries)).view(queries.shape[0], episode.ways)
 
     def task_loss(self, episode: Episode):

@@ -8,9 +8,13 @@ pair, and as many different-class pairs (chosen deterministically, see `balanced
 - `loss: contrastive` (Hadsell, Chopra & LeCun, 2006): with d = ||z1 - z2||_2,
   L = same * d^2 / 2 + (1 - same) * max(0, margin - d)^2 / 2, and similarity = -d.
 Prediction scores every query against every support example; a class's logit is its best
-match (the max over its shots), so it runs unchanged on the Lake 20-way 1-shot runs.
+match (the max over its shots, found by label), so it runs unchanged on the Lake 20-way 1-shot
+runs and on unbalanced, shuffled support sets. Only training needs balanced episodes.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +23,9 @@ from torch import nn
 from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, parse_args, require
 
-LOSSES = ("koch", "contrastive")
+Loss = Literal["koch", "contrastive"]
 
 
 def koch_logits(z1: torch.Tensor, z2: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
@@ -68,13 +72,21 @@ def balanced_pairs(labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch
 
 @LEARNERS.register("siamese")
 class SiameseNetwork(Learner):
-    def __init__(self, backbone: nn.Module, *, loss: str = "koch", margin: float = 1.0):
+    @dataclass
+    class Args:
+        loss: Loss = "koch"  # koch: weighted L1 + binary cross-entropy; contrastive: Hadsell et al.
+        margin: float = 1.0  # contrastive loss: different-class pairs are pushed this far apart
+
+        def __post_init__(self):
+            require(self.margin > 0, "margin", self.margin, "> 0")
+
+    def __init__(self, backbone: nn.Module, **kwargs):
         super().__init__()
-        if loss not in LOSSES:
-            raise FastAdaptError(f"learner.args.loss {loss!r} is not a siamese loss; choose one of {', '.join(LOSSES)}")
+        args = parse_args(self.Args, kwargs)
+        loss = args.loss
         self.backbone = backbone
         self.loss = loss
-        self.margin = float(margin)
+        self.margin = float(args.margin)
         if loss == "koch":
             dim = getattr(backbone, "embedding_dim", None)
             if dim is None:

@@ -18,9 +18,13 @@ MAML++ options, each a constructor argument (so ANIL and Meta-SGD inherit them):
 - `checkpoint_inner`: recompute each inner step in the backward pass instead of storing it,
   so 5-10 second-order steps fit in memory (about one extra forward+backward per step).
 Progress-dependent options are driven by `on_step(step, total)`.
+
+The inner loop takes full-batch steps on the whole support set (a mean loss over it), so it
+needs no particular order or balance of the support set.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -31,7 +35,7 @@ from torch.func import functional_call
 from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, parse_args, require
 from .inner_loop import CompositeBatchNorm, Params, msl_weights, sgd_step
 
 
@@ -59,19 +63,38 @@ def has_running_stats(module: nn.Module) -> bool:
 class MAML(Learner):
     needs_head = True
 
-    def __init__(self, model: nn.Module, *, inner_steps: int = 1, inner_lr: float = 0.4,
-                 learn_inner_lr: bool = False, first_order: bool = False,
-                 eval_inner_steps: int | None = None, problem: str = "classification",
-                 multi_step_loss: bool = False, msl_fraction: float = 0.1, lslr: bool = False,
-                 per_step_bn: bool = False, first_order_fraction: float = 0.0,
-                 checkpoint_inner: bool = False):
+    @dataclass
+    class Args:
+        inner_steps: int = 1  # inner-loop gradient steps on the support set during meta-training
+        inner_lr: float = 0.4  # inner-loop step size (the initial value when learned)
+        learn_inner_lr: bool = False  # meta-learn one scalar inner lr
+        first_order: bool = False  # treat the inner gradients as constants (FOMAML)
+        eval_inner_steps: int | None = None  # inner steps at evaluation; None: inner_steps
+        multi_step_loss: bool = False  # MAML++: weight the query loss after every inner step
+        msl_fraction: float = 0.1  # MAML++: fraction of training over which those weights anneal
+        lslr: bool = False  # MAML++: learned inner lr per parameter tensor and per step
+        per_step_bn: bool = False  # MAML++: BatchNorm gamma/beta per inner step (transductive BN)
+        first_order_fraction: float = 0.0  # MAML++: first order for this fraction of training
+        checkpoint_inner: bool = False  # recompute inner steps in the backward pass (saves memory)
+
+        def __post_init__(self):
+            require(self.inner_steps >= 1, "inner_steps", self.inner_steps, ">= 1")
+            require(self.eval_inner_steps is None or self.eval_inner_steps >= 1, "eval_inner_steps",
+                    self.eval_inner_steps, ">= 1 (or null for inner_steps)")
+            require(self.inner_lr > 0, "inner_lr", self.inner_lr, "> 0")
+            require(0.0 <= self.msl_fraction <= 1.0, "msl_fraction", self.msl_fraction, "in [0, 1]")
+            require(0.0 <= self.first_order_fraction <= 1.0, "first_order_fraction", self.first_order_fraction,
+                    "in [0, 1]")
+            require(not (self.lslr and self.learn_inner_lr), "learn_inner_lr", self.learn_inner_lr,
+                    "false when lslr is true (per-layer, per-step lrs replace the single learned lr)")
+
+    def __init__(self, model: nn.Module, *, problem: str = "classification", **kwargs):
         super().__init__()
-        if inner_steps < 1 or (eval_inner_steps is not None and eval_inner_steps < 1):
-            raise FastAdaptError("learner.args: inner_steps and eval_inner_steps must be >= 1")
-        if lslr and learn_inner_lr:
-            raise FastAdaptError("learner.args: lslr (per-layer, per-step lrs) replaces learn_inner_lr; set one")
-        if not 0.0 <= first_order_fraction <= 1.0 or not 0.0 <= msl_fraction <= 1.0:
-            raise FastAdaptError("learner.args: first_order_fraction and msl_fraction must be in [0, 1]")
+        args = parse_args(self.Args, kwargs)
+        inner_steps, eval_inner_steps, inner_lr = args.inner_steps, args.eval_inner_steps, args.inner_lr
+        first_order, learn_inner_lr, lslr = args.first_order, args.learn_inner_lr, args.lslr
+        multi_step_loss, msl_fraction = args.multi_step_loss, args.msl_fraction
+        first_order_fraction, checkpoint_inner = args.first_order_fraction, args.checkpoint_inner
         self.model = model
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps or inner_steps
@@ -90,7 +113,7 @@ class MAML(Learner):
         # Only transductive (batch-statistics) BatchNorm keeps the forward pure.
         self.stateless = not has_running_stats(model)
         self.bn_steps = nn.ParameterDict()
-        if per_step_bn:
+        if args.per_step_bn:
             self._init_per_step_bn()
         self.lslr = nn.ParameterDict()
         if lslr:

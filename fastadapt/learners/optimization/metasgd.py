@@ -6,19 +6,28 @@ inner step. α is initialised at `inner_lr` (the paper draws it at random in a s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ...errors import FastAdaptError
 from ...registry import LEARNERS
+from ..base import require
 from .maml import MAML, _key
 
 
 @LEARNERS.register("metasgd")
 class MetaSGD(MAML):
+    @dataclass
+    class Args(MAML.Args):
+        """MAML's settings; inner_lr is the initial value of every entry of the learned lr."""
+
+        def __post_init__(self):
+            super().__post_init__()
+            for key in ("lslr", "learn_inner_lr"):  # metasgd learns a per-entry inner lr already
+                require(not getattr(self, key), key, getattr(self, key), "false for metasgd (it learns a per-entry lr)")
+
     def __init__(self, model: nn.Module, **kwargs):
-        if kwargs.get("lslr") or kwargs.get("learn_inner_lr"):
-            raise FastAdaptError("metasgd learns a per-entry inner lr already; drop lslr / learn_inner_lr from learner.args")
         super().__init__(model, **kwargs)
         self.lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(p, float(self.inner_lr)))
                                      for n, p in self.model.named_parameters() if n in set(self.adapted_names())})

@@ -12,10 +12,16 @@ Minibatches cycle through a shuffled support set, reshuffled after each pass (Ni
 task gives the same φ in every engine and after a resume. Nichol's code keeps Adam's second
 moment across tasks (the optimiser is not reset); here each task starts fresh, which keeps a
 task a pure function of (θ, data).
+
+Classification support sets are first ordered stably by label (a no-op on the samplers'
+class-major episodes), so a user's shuffled or unbalanced support set is mini-batched as the
+class-major one would be: only the order within each class matters (`order_invariant` False).
 """
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +29,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ...data.episode import Episode
-from ...errors import FastAdaptError
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, by_label, parse_args, require
 from .inner_loop import Params, adam_steps
 from .maml import has_running_stats
 
@@ -42,16 +47,31 @@ def minibatch_indices(n: int, batch: int, iters: int, seed: int) -> list[torch.T
 @LEARNERS.register("reptile")
 class Reptile(Learner):
     needs_head = True
+    order_invariant = False  # mini-batches of the support set (see the module docstring)
 
-    def __init__(self, model: nn.Module, *, inner_iters: int = 5, inner_batch: int = 10, inner_lr: float = 0.001,
-                 eval_inner_iters: int = 50, eval_inner_batch: int = 5, inner_optimizer: str = "adam",
-                 betas: tuple[float, float] = (0.0, 0.999), problem: str = "classification"):
+    @dataclass
+    class Args:
+        inner_iters: int = 5  # inner optimiser steps per task during meta-training
+        inner_batch: int = 10  # support examples per inner step (mini-batches cycle through the support)
+        inner_lr: float = 0.001  # the inner optimiser's step size
+        eval_inner_iters: int = 50  # inner steps at evaluation
+        eval_inner_batch: int = 5  # support examples per inner step at evaluation
+        inner_optimizer: Literal["adam", "sgd"] = "adam"  # adam: fresh state per task, as Nichol et al.
+        betas: tuple[float, ...] = (0.0, 0.999)  # the inner Adam's (beta1, beta2)
+
+        def __post_init__(self):
+            for key in ("inner_iters", "inner_batch", "eval_inner_iters", "eval_inner_batch"):
+                require(getattr(self, key) >= 1, key, getattr(self, key), ">= 1")
+            require(self.inner_lr > 0, "inner_lr", self.inner_lr, "> 0")
+            require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", list(self.betas),
+                    "two numbers in [0, 1)")
+
+    def __init__(self, model: nn.Module, *, problem: str = "classification", **kwargs):
         super().__init__()
-        if min(inner_iters, inner_batch, eval_inner_iters, eval_inner_batch) < 1:
-            raise FastAdaptError("learner.args: reptile's inner_iters, inner_batch, eval_inner_iters and "
-                                 "eval_inner_batch must be >= 1")
-        if inner_optimizer not in ("adam", "sgd"):
-            raise FastAdaptError(f"learner.args.inner_optimizer must be adam or sgd, got {inner_optimizer!r}")
+        args = parse_args(self.Args, kwargs)
+        inner_iters, inner_batch, inner_lr = args.inner_iters, args.inner_batch, args.inner_lr
+        eval_inner_iters, eval_inner_batch = args.eval_inner_iters, args.eval_inner_batch
+        inner_optimizer, betas = args.inner_optimizer, args.betas
         self.model = model
         self.inner_iters, self.inner_batch, self.inner_lr = inner_iters, inner_batch, inner_lr
         self.eval_inner_steps, self.eval_inner_batch = eval_inner_iters, eval_inner_batch
@@ -66,6 +86,8 @@ class Reptile(Learner):
 
     def adapt(self, x: torch.Tensor, y: torch.Tensor, iters: int, batch: int) -> Params:
         """φ: `iters` optimiser steps on minibatches of (x, y), starting from θ; no graph kept."""
+        if self.problem == "classification":
+            x, y = by_label(x, y)
         seed = zlib.crc32(x.detach().cpu().numpy().tobytes())
         indices = minibatch_indices(len(x), min(batch, len(x)), iters, seed)
         batches = [(x[i], y[i]) for i in (idx.to(x.device) for idx in indices)]

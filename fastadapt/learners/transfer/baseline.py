@@ -13,11 +13,14 @@ done carefully, is competitive with meta-learning on standard benchmarks.
 - Test time (Chen's code): 100 epochs over the support set in mini-batches of 4, SGD lr 0.01,
   momentum 0.9, dampening 0.9, weight decay 0.001, from a seeded initialisation, so
   evaluation is deterministic. `finetune_backbone: true` also fine-tunes a copy of the backbone
-  weights (through `functional_call`; the module itself is never changed).
+  weights (through `functional_call`; the module itself is never changed). The support set is
+  first ordered stably by label (a no-op on the samplers' class-major episodes), so a shuffled
+  support set is mini-batched as the class-major one would be; any number of shots per class.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +31,7 @@ from torch.func import functional_call
 from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, by_label, parse_args, require
 
 
 def cosine_scale(classes: int) -> float:
@@ -101,18 +104,33 @@ class TransferLearner(Learner):
     """Shared test-time procedure: frozen (or copied) backbone + new head trained on the support."""
 
     cosine_finetune = False
+    order_invariant = False  # mini-batches of the support set (see the module docstring)
 
-    def __init__(self, backbone: nn.Module, *, finetune_backbone: bool = False, finetune_epochs: int = 100,
-                 finetune_batch: int = 4, finetune_lr: float = 0.01, finetune_seed: int = 0):
+    @dataclass
+    class Args:
+        finetune_backbone: bool = False  # also fine-tune a copy of the backbone weights at test time
+        finetune_epochs: int = 100  # passes over the support set when training the new head
+        finetune_batch: int = 4  # support examples per fine-tuning step
+        finetune_lr: float = 0.01  # SGD step size of the fine-tuning (momentum 0.9, dampening 0.9)
+        finetune_seed: int = 0  # seeds the new head's initialisation and the mini-batch order
+
+        def __post_init__(self):
+            require(self.finetune_epochs >= 1, "finetune_epochs", self.finetune_epochs, ">= 1")
+            require(self.finetune_batch >= 1, "finetune_batch", self.finetune_batch, ">= 1")
+            require(self.finetune_lr > 0, "finetune_lr", self.finetune_lr, "> 0")
+
+    def __init__(self, backbone: nn.Module, **kwargs):
         super().__init__()
+        args = parse_args(self.Args, kwargs)
         self.backbone = backbone
-        self.finetune_backbone = finetune_backbone
-        self.finetune_epochs, self.finetune_batch = finetune_epochs, finetune_batch
-        self.finetune_lr, self.finetune_seed = finetune_lr, finetune_seed
+        self.finetune_backbone = args.finetune_backbone
+        self.finetune_epochs, self.finetune_batch = args.finetune_epochs, args.finetune_batch
+        self.finetune_lr, self.finetune_seed = args.finetune_lr, args.finetune_seed
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in backbone.modules())
 
     def predict(self, episode: Episode) -> torch.Tensor:
-        head, weights = fine_tune(self.backbone, episode.support_x, episode.support_y, episode.ways,
+        support_x, support_y = by_label(episode.support_x, episode.support_y)
+        head, weights = fine_tune(self.backbone, support_x, support_y, episode.ways,
                                   cosine=self.cosine_finetune, finetune_backbone=self.finetune_backbone,
                                   epochs=self.finetune_epochs, batch_size=self.finetune_batch,
                                   lr=self.finetune_lr, seed=self.finetune_seed)

@@ -15,6 +15,7 @@ all-class softmax by many small ones, i.e. fewer negatives per example.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,17 +25,27 @@ from torch import nn
 from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
+from ..base import parse_args, require
 from .baseline import TransferLearner, global_labels
 
 
 @LEARNERS.register("multitask")
 class MultiTask(TransferLearner):
-    def __init__(self, backbone: nn.Module, num_train_classes: int, *, group_size: int = 5, group_seed: int = 0,
-                 **kwargs):
+    @dataclass
+    class Args(TransferLearner.Args):
+        group_size: int = 5  # training classes per fixed pretraining task (one head each)
+        group_seed: int = 0  # seeds the split of the training classes into groups
+
+        def __post_init__(self):
+            super().__post_init__()
+            require(self.group_size >= 2, "group_size", self.group_size, ">= 2 (and <= the training classes)")
+
+    def __init__(self, backbone: nn.Module, num_train_classes: int, **kwargs):
         super().__init__(backbone, **kwargs)
-        if group_size < 2 or group_size > num_train_classes:
-            raise FastAdaptError(f"multitask group_size must be in [2, {num_train_classes}] (learner.args), "
-                                 f"got {group_size}")
+        args = parse_args(self.Args, kwargs)
+        group_size, group_seed = args.group_size, args.group_seed
+        require(group_size <= num_train_classes, "group_size", group_size,
+                f"in [2, {num_train_classes}] (the number of training classes)")
         self.group_size = group_size
         groups = math.ceil(num_train_classes / group_size)
         order = np.random.default_rng(group_seed).permutation(num_train_classes)

@@ -10,6 +10,8 @@ steps, against 0.67 for MAML after one).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +19,7 @@ from torch.func import functional_call
 
 from ...data.episode import Episode
 from ...registry import LEARNERS
-from ..base import Learner
+from ..base import Learner, parse_args, require
 from ..optimization.maml import adapt
 
 
@@ -25,14 +27,21 @@ from ..optimization.maml import adapt
 class Pretrained(Learner):
     needs_head = True
 
-    def __init__(self, model: nn.Module, *, eval_inner_steps: int = 1, inner_lr: float = 0.01,
-                 problem: str = "regression"):
+    @dataclass
+    class Args:
+        eval_inner_steps: int = 1  # full-batch SGD steps on the support set at test time
+        inner_lr: float = 0.01  # the test-time SGD step size
+
+        def __post_init__(self):
+            require(self.eval_inner_steps >= 1, "eval_inner_steps", self.eval_inner_steps, ">= 1")
+            require(self.inner_lr > 0, "inner_lr", self.inner_lr, "> 0")
+
+    def __init__(self, model: nn.Module, *, problem: str = "regression", **kwargs):
         super().__init__()
-        if eval_inner_steps < 1:
-            raise ValueError("eval_inner_steps must be >= 1")
+        args = parse_args(self.Args, kwargs)
         self.model = model
-        self.eval_inner_steps = eval_inner_steps
-        self.inner_lr = float(inner_lr)
+        self.eval_inner_steps = args.eval_inner_steps
+        self.inner_lr = float(args.inner_lr)
         self.problem = problem
         self.loss_fn = F.cross_entropy if problem == "classification" else F.mse_loss
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in model.modules())

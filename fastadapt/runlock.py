@@ -1,0 +1,137 @@
+"""Run-folder safety: one writer per folder, no stale temp files, a config.yaml read with care.
+
+- `run_lock(run_dir)`: an exclusive, non-blocking `flock` on `RUN/.lock` for as long as a
+  process writes the folder (`fit`, `eval`); the holder's PID is written into the file so a
+  second process can say who holds it. The lock is re-entrant within a process (`fit` calls
+  `evaluate_run`), and forked children (engine workers) close their copy at once, so the lock
+  lives exactly as long as the process that took it, and dies with it (even on kill -9).
+- `remove_stale_temp_files`: the `.*.tmp` files of writes cut short by a kill.
+- `read_run_config`: `config.yaml` of a run folder, every way of being unreadable one line.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from .errors import FastAdaptError
+from .utils import WriteError, file_mode
+
+LOCK_NAME = ".lock"
+_IMPORTED = time.time()
+_held: dict[str, list[int]] = {}  # real path of the run folder -> [fd, depth]
+
+
+def _close_inherited_locks() -> None:
+    # A forked child shares the lock's open file description: closing its copy keeps the lock
+    # owned by the parent alone (flock is released when the last copy closes).
+    for fd, _ in _held.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        pid = ""
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+@contextmanager
+def run_lock(run_dir: str | Path):
+    """Hold the run folder's lock (creating the folder); a folder locked by another process is
+    a one-line FastAdaptError naming its PID."""
+    run_dir = Path(run_dir)
+    key = os.path.realpath(run_dir)
+    if key in _held:  # re-entered by the process holding it
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    path = run_dir / LOCK_NAME
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, file_mode())
+    except OSError as exc:
+        raise WriteError(path, exc.strerror or str(exc)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise FastAdaptError(f"{run_dir} is in use by {holder} (lock {path}); wait for it to finish or "
+                             f"stop it, or use another run folder") from None
+    except OSError:  # a file system without flock: run unlocked rather than not at all
+        pass
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        entry = _held.pop(key, None)
+        if entry is not None:
+            os.close(entry[0])
+
+
+def process_start_time() -> float:
+    """When this process started (Linux: /proc; elsewhere: when this module was imported)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+def remove_stale_temp_files(run_dir: str | Path, subfolders=("episodes", "checkpoints")) -> list[Path]:
+    """Delete the `.*.tmp` files (atomic_write's half-written files) in the run folder and its
+    `subfolders` that are older than this process: a killed writer left them; a live writer's
+    files are newer (and, for the run folder, the lock keeps other writers out)."""
+    run_dir = Path(run_dir)
+    started = process_start_time()
+    removed = []
+    for folder in (run_dir, *(run_dir / s for s in subfolders)):
+        for path in folder.glob(".*.tmp"):
+            try:
+                if path.is_file() and path.stat().st_mtime < started:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                pass  # gone already, or not ours to delete: harmless either way
+    return removed
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """The settings in `RUN/config.yaml` as a mapping; missing, unreadable, binary, truncated
+    or not a mapping is a one-line FastAdaptError naming the file."""
+    path = Path(run_dir) / "config.yaml"
+    fix = "restore it, or start the run again in a new folder"
+    try:
+        values = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise FastAdaptError(f"{run_dir} is not a run folder (no config.yaml); give the --out folder "
+                             f"of a `fastadapt train` run") from None
+    except OSError as exc:
+        raise FastAdaptError(f"cannot read {path} ({exc.strerror}); {fix}") from None
+    except UnicodeDecodeError:
+        raise FastAdaptError(f"{path} is not text (a binary or damaged file); {fix}") from None
+    except yaml.YAMLError as exc:
+        raise FastAdaptError(f"{path} is not valid YAML ({str(exc).splitlines()[0]}); {fix}") from None
+    if not isinstance(values, dict):
+        raise FastAdaptError(f"{path} does not hold a mapping of settings (empty or damaged); {fix}")
+    return values
