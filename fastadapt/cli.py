@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import signal
 import sys
 import threading
@@ -77,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from .checkpoint import latest_step
     from .config import apply_overrides, config_from_dict, load_raw
+    from .results import read_result
     from .runlock import read_run_config
     from .trainer import Trainer
 
@@ -96,7 +96,7 @@ def _train(args) -> int:
         done = latest_step(run_dir)  # None when unreadable: then train resumes and checks each file
         if done is not None and done >= config.train.steps:
             print(f"{run_dir} is complete ({done} steps); its result:")
-            _print_result(json.loads((run_dir / "eval.json").read_text()))
+            _print_result(read_result(run_dir / "eval.json", run_dir))  # damaged: one line naming it
             return 0
     trainer = Trainer(config, run_dir, data_root=args.data_root, quiet=args.quiet, download=args.download)
     result = trainer.fit()
@@ -111,7 +111,7 @@ def _print_result(result: dict) -> None:
     shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric in PERCENT_METRICS else f"{value:.4f} ± {ci:.4f}"
     task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
     print(f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
-          f"{result['episodes']} episodes, seed {result['seed']}, BN {result['bn_mode']})")
+          f"{result['episodes']} episodes, seed {result['seed']}, BN {result.get('bn_mode', 'none')})")
     if result.get("diverged_episodes"):
         steps = f" after {result['adapt_steps']} steps" if result.get("adapt_steps") else ""
         print(f"warning: adaptation diverged{steps} (non-finite {metric}) on {result['diverged_episodes']} of "

@@ -7,6 +7,62 @@ from pathlib import Path
 from .errors import FastAdaptError
 
 
+_NUMBER = (int, float)
+#: Keys every result file must hold (the metric's own value is checked besides).
+_EVAL_KEYS = ("preset", "method", "dataset", "shots", "episodes", "seed", "ci95", "train_steps")
+_LAKE_KEYS = ("preset", "method", "accuracy")
+
+
+def _problem(record, lake: bool) -> str | None:
+    """What is wrong with a parsed result record, or None."""
+    if not isinstance(record, dict):
+        return f"it holds a JSON {type(record).__name__}, not an object"
+    missing = [k for k in (_LAKE_KEYS if lake else _EVAL_KEYS) if k not in record]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    for key in ("preset", "method") + (() if lake else ("dataset",)):
+        if not isinstance(record[key], str):
+            return f"its {key} is {record[key]!r}, not a string"
+    metric = "accuracy" if lake else record.get("metric") or ("accuracy" if "accuracy" in record else "mse")
+    for key in (metric,) + (() if lake else ("ci95",)):
+        value = record.get(key)
+        if isinstance(value, bool) or not isinstance(value, _NUMBER):
+            return f"its {key} is {value!r}, not a number"
+    for key, kind in (("reference", dict), ("overrides", list), ("machine", dict), ("learner", dict)):
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            return f"its {key} is not a JSON {'object' if kind is dict else 'array'}"
+    if isinstance(record.get("machine"), dict) and not {"cores", "device"} <= set(record["machine"]):
+        return "its machine lacks cores or device"
+    return None
+
+
+def read_result(path: str | Path, run_dir: str | Path | None = None) -> dict:
+    """A run's eval.json, eval-*.json or lake.json, checked: binary, truncated, not an object or
+    missing keys is a one-line FastAdaptError naming the file and how to re-create it."""
+    path = Path(path)
+    run_dir = Path(run_dir) if run_dir is not None else path.parent
+    lake = path.name == "lake.json"
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        problem = f"it cannot be read ({exc.strerror or exc})"
+    except UnicodeDecodeError:
+        problem = "it is not text (binary or overwritten)"
+    except ValueError as exc:
+        problem = f"it is not valid JSON (truncated or overwritten: {exc})"
+    else:
+        problem = _problem(record, lake)
+    if problem is None:
+        return record
+    if lake:
+        fix = f"re-create it with `fastadapt lake {run_dir}`, or delete it"
+    elif path.name == "eval.json":
+        fix = f"re-create it with `fastadapt eval {run_dir}`"
+    else:
+        fix = f"delete it, or re-create it with `fastadapt eval {run_dir}` and the options that wrote it"
+    raise FastAdaptError(f"result file {path} is unusable: {problem}; {fix}")
+
+
 def _records(run_dirs: list[Path]) -> list[dict]:
     records = []
     for run_dir in run_dirs:
@@ -14,12 +70,12 @@ def _records(run_dirs: list[Path]) -> list[dict]:
         if not files:
             raise FastAdaptError(f"{run_dir} has no eval.json; train or evaluate it first (`fastadapt eval {run_dir}`)")
         for path in files:
-            record = json.loads(path.read_text())
+            record = read_result(path, run_dir)
             record["run"] = str(run_dir)
             records.append(record)
         lake = Path(run_dir) / "lake.json"
         if lake.is_file():
-            record = json.loads(lake.read_text())
+            record = read_result(lake, run_dir)
             trained = {k: records[-1].get(k) for k in ("train_steps", "train_seconds", "overrides", "machine")}
             records.append({**trained, **record, "run": str(run_dir), "benchmark": "Lake 20-run (20-way 1-shot)"})
     return records

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights, settings_fingerprint
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint, settings_fingerprint
 from .config import Config, config_from_dict
+from .divergence import check_step, require_finite_weights, save_finite_weights
 from .engine import make_engine
 from .errors import FastAdaptError
 from .evaluate import better, evaluate
@@ -123,6 +124,7 @@ class Trainer:
         state = dict(self.state, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      rng={"python": random.getstate(), "numpy": np.random.get_state(),
                           "torch": torch.get_rng_state()})
+        require_finite_weights(self.learner, self.run_dir / "checkpoints")  # never over a good one
         save_checkpoint(self.run_dir, self.state["step"], self.learner, state, self.fingerprint)
 
     def _log(self, message: str) -> None:
@@ -165,7 +167,9 @@ class Trainer:
                              for i in range(cfg.meta_batch)]
                     self.optimizer.zero_grad(set_to_none=True)
                     task_metrics = engine.meta_gradient(self.learner, tasks, progress=(step, cfg.steps))
+                    check_step(self.learner, self.run_dir, cfg.lr, step + 1, task_metrics)  # NaN/inf: stop
                     self.optimizer.step()
+                    check_step(self.learner, self.run_dir, cfg.lr, step + 1)  # before any weight is saved
                     lr = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
                     self.state["step"] = step = step + 1
@@ -183,8 +187,8 @@ class Trainer:
                         row = dict(row or {"step": step, "lr": lr}, val_metric=result["mean"], val_ci95=result["ci95"])
                         if better(metric, result["mean"], self.state["best"]):
                             self.state["best"], self.state["best_step"] = result["mean"], step
-                            save_weights(self.run_dir / "best.safetensors", self.learner,
-                                         {"step": step, "fingerprint": self.fingerprint})
+                            save_finite_weights(self.run_dir / "best.safetensors", self.learner,
+                                                {"step": step, "fingerprint": self.fingerprint})
                     if row is not None:
                         self.state["elapsed"] = time.perf_counter() - started
                         row["elapsed_s"] = round(self.state["elapsed"], 2)
@@ -200,8 +204,8 @@ class Trainer:
         finally:
             engine.close()
         if val_set is None:
-            save_weights(self.run_dir / "best.safetensors", self.learner,
-                         {"step": self.state["step"], "fingerprint": self.fingerprint})
+            save_finite_weights(self.run_dir / "best.safetensors", self.learner,
+                                {"step": self.state["step"], "fingerprint": self.fingerprint})
             self.state["best_step"] = self.state["step"]
         e = cfg.episodes
         shape = f"({e.ways}-way {e.shots}-shot episodes)" if e.ways else f"({e.shots}-shot tasks)"
@@ -219,6 +223,8 @@ def _validate(config: Config) -> None:
     for name in ("steps", "meta_batch", "val_every", "checkpoint_every", "log_every", "val_episodes"):
         if getattr(t, name) < 1:
             raise FastAdaptError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if not t.lr >= 0:  # NaN too (torch's optimisers would raise a bare ValueError); inf stops at step 1
+        raise FastAdaptError(f"train.lr must be a number >= 0, got {t.lr}")
     if config.eval.episodes < 1:
         raise FastAdaptError(f"eval.episodes must be >= 1, got {config.eval.episodes}")
 

@@ -107,8 +107,15 @@ class ArchiveReader:
                                  f"replace it with the official one") from None
 
     def image(self, name: str, size: int) -> np.ndarray:
-        with Image.open(io.BytesIO(self.read(name))) as img:
-            return preprocess_image(img, size)
+        """One member decoded by `preprocess_image`; a member that is not a whole image (text,
+        half a PNG) is a one-line FastAdaptError naming the archive and the member."""
+        data = self.read(name)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                return preprocess_image(img, size)
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: PIL raises OSError, SyntaxError, ValueError...
+            raise FastAdaptError(f"{name} in {self.path} is not a readable image ({type(exc).__name__}: {exc}); "
+                                 f"the archive is damaged: replace it with the official one") from None
 
     def close(self) -> None:
         if self._zip is not None:
@@ -215,16 +222,24 @@ def _fingerprint(source: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_cache(path: Path) -> OmniglotCharacters | None:
-    """The cached characters, or None when absent or unreadable (then it is rebuilt)."""
+def _read_cache(path: Path, size: int | None = None) -> OmniglotCharacters | None:
+    """The cached characters, or None when absent, unreadable (empty, truncated) or of the wrong
+    shape (then it is rebuilt, with a warning)."""
     try:
         with np.load(path) as data:
-            return OmniglotCharacters(data["images"], data["names"].tolist(), data["archive"].tolist())
+            chars = OmniglotCharacters(data["images"], data["names"].tolist(), data["archive"].tolist())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        warnings.warn(f"ignoring unreadable Omniglot cache {path} ({exc}); rebuilding it")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        warnings.warn(f"ignoring unreadable Omniglot cache {path} ({exc or type(exc).__name__}); rebuilding it")
         return None
+    images = chars.images
+    if not (images.dtype == np.uint8 and images.ndim == 4 and images.shape[0] == len(chars) == len(chars.archive)
+            and images.shape[0] > 0 and (size is None or images.shape[2:] == (size, size))):
+        warnings.warn(f"ignoring Omniglot cache {path} of the wrong shape ({images.dtype} {images.shape} for "
+                      f"{len(chars)} characters); rebuilding it")
+        return None
+    return chars
 
 
 def _write_cache(path: Path, chars: OmniglotCharacters) -> None:
@@ -246,7 +261,7 @@ def _load_characters(sources: tuple[tuple[str, Path], ...], signature: tuple, si
     """Disk cache, else decode; memoised per process on the archives' (path, size, mtime) `signature`."""
     sources = dict(sources)
     path = cache_path(sources, size)
-    chars = _read_cache(path)
+    chars = _read_cache(path, size)
     if chars is None:
         chars = _decode_characters(sources, size)
         _write_cache(path, chars)

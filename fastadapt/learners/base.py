@@ -101,8 +101,13 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
         Never reads `episode.query_y` (it is None here)."""
 
     def query_metrics(self, prediction: torch.Tensor, episode: Episode) -> dict[str, float]:
-        """Metrics of one episode's query predictions: accuracy for classification, mse for regression."""
+        """Metrics of one episode's query predictions: accuracy for classification, mse for regression.
+        A diverged classification episode (a NaN or +inf score, or a query without any finite
+        score) has accuracy NaN, never the accuracy of an arbitrary argmax (1/ways for all-NaN)."""
         if self.problem == "classification":
+            broken = (prediction.isnan() | prediction.isposinf()).any(-1) | ~prediction.isfinite().any(-1)
+            if bool(broken.any()):
+                return {"accuracy": float("nan")}
             return {"accuracy": (prediction.argmax(-1) == episode.query_y).float().mean().item()}
         return {"mse": F.mse_loss(prediction, episode.query_y).item()}
 
