@@ -33,6 +33,10 @@ class FewShotModel:
         self.input_shape = tuple(trainer.model_info["input_shape"])
         self.learner.eval()
 
+    def __repr__(self) -> str:
+        return (f"FewShotModel({self.config.learner.name} from {self.run_dir}, input {self.input_shape}, "
+                f"trained on {self.config.data.dataset})")
+
     @property
     def problem(self) -> str:
         return self.learner.problem
@@ -50,7 +54,8 @@ class FewShotModel:
 
     def inputs(self, items: Items) -> torch.Tensor:
         """Model inputs from file paths (read as the training data was: size, channels, Omniglot's
-        ink inversion), uint8 images (N, C, H, W) (scaled to [0, 1]) or float arrays as they are."""
+        ink inversion), or arrays already shaped and preprocessed like the training items: uint8
+        images (N, C, H, W) (scaled to [0, 1]) or float arrays as they are (no inversion)."""
         if isinstance(items, (str, Path)):
             raise FastAdaptError("give a list of inputs (e.g. [path]), not a single path")
         if isinstance(items, (list, tuple)) and items and all(isinstance(i, (str, Path)) for i in items):

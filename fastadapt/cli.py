@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -17,8 +18,15 @@ EXIT_USAGE = 2
 PERCENT_METRICS = ("accuracy", "success_rate", "f1")  # shown in %
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (and exit 2) like every other user error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastadapt", description="Meta-learning: train, evaluate and compare few-shot learners.")
+    parser = _Parser(prog="fastadapt", description="Meta-learning: train, evaluate and compare few-shot learners.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", help="meta-train a preset or YAML config (resumes an interrupted run)",
@@ -92,6 +100,9 @@ def _train(args) -> int:
         run_dir = None
     config = config_from_dict(apply_overrides(raw, args.overrides))
     run_dir = run_dir or args.out or Path("runs") / config.name
+    _check_run_folder(run_dir, "--out" if args.out else "the run folder")
+    if (run_dir / "config.yaml").is_file():
+        _check_same_settings(run_dir, config)
     if (run_dir / "eval.json").exists() and (run_dir / "checkpoints" / "latest.json").exists():
         done = latest_step(run_dir)  # None when unreadable: then train resumes and checks each file
         if done is not None and done >= config.train.steps:
@@ -103,6 +114,46 @@ def _train(args) -> int:
     _print_result(result)
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _check_run_folder(run_dir: Path, what: str) -> None:
+    """A run folder must be a folder we can write in, or creatable: one line before any training."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FastAdaptError(f"{what} {run_dir} is a file, not a folder; choose a new run folder")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FastAdaptError(f"{what} {run_dir} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FastAdaptError(f"{what} {run_dir} is not writable ({existing} is read-only); choose another folder")
+
+
+def _check_same_settings(run_dir: Path, config) -> None:
+    """Training again in a run folder continues that run: other settings are an error, not the old result."""
+    from .config import config_from_dict
+    from .runlock import read_run_config
+    try:
+        existing = config_from_dict(read_run_config(run_dir)).to_dict()
+    except FastAdaptError as exc:
+        raise FastAdaptError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    wanted = config.to_dict()
+    if existing != wanted:
+        changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
+        raise FastAdaptError(f"run folder {run_dir} holds a run with other settings (differs in: "
+                             f"{', '.join(changed)}); resume it with the same settings or choose a new --out")
+
+
+def _check_options(args, names: tuple[str, ...]) -> None:
+    """Command-line numbers in range, before anything is loaded."""
+    limits = {"episodes": (1, "an integer >= 1"), "ways": (2, "an integer >= 2"), "shots": (1, "an integer >= 1"),
+              "queries": (1, "an integer >= 1"), "seed": (0, "an integer in 0..4294967294"),
+              "adapt_steps": (1, "an integer >= 1")}
+    for name in names:
+        value = getattr(args, name, None)
+        low, allowed = limits[name]
+        if value is not None and (value < low or (name == "seed" and value > 2 ** 32 - 2)):
+            raise FastAdaptError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
 
 
 def _print_result(result: dict) -> None:
@@ -120,6 +171,7 @@ def _print_result(result: dict) -> None:
 
 def _eval(args) -> int:
     from .trainer import evaluate_run
+    _check_options(args, ("episodes", "ways", "shots", "queries", "seed", "adapt_steps"))
     result = evaluate_run(args.run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
                           episodes=args.episodes, seed=args.seed, data_root=args.data_root,
                           adapt_steps=args.adapt_steps, data=args.data, data_settings=args.data_settings,
@@ -130,14 +182,16 @@ def _eval(args) -> int:
 
 def _predict(args) -> int:
     from .predict import run_predict
+    _check_options(args, ("adapt_steps",))
     summary = run_predict(args.run_dir, args.support, args.query, args.out, args.adapt_steps, args.data_root)
     if args.out is None:
         print(summary["text"], end="")
     classes = ", ".join(map(str, summary["classes"]))
     scored = f"; accuracy against the query labels {100 * summary['accuracy']:.2f}%" if "accuracy" in summary else ""
     where = f" -> {args.out}" if args.out else ""
+    n = summary["queries"]
     print(f"adapted to {summary['support']} support examples of {len(summary['classes'])} classes ({classes}); "
-          f"labelled {summary['queries']} queries{where}{scored}", file=sys.stderr)
+          f"labelled {n} quer{'y' if n == 1 else 'ies'}{where}{scored}", file=sys.stderr)
     return 0
 
 
@@ -176,7 +230,15 @@ def _results(args) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings (a skipped image, a damaged checkpoint fallen back from) as one stderr line,
+    without Python's source location."""
+    return f"fastadapt: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+    warnings.formatwarning = _one_line_warning
     args = _parser().parse_args(argv)
     handler = {"train": _train, "eval": _eval, "predict": _predict, "lake": _lake, "presets": _presets, "results": _results}[args.command]
     # SIGTERM (kill, a batch scheduler's time limit) stops like Ctrl-C: one line, files intact.

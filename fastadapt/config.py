@@ -6,65 +6,123 @@ error naming the key, instead of a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import FastAdaptError
 
 
+SEED_MAX = 2 ** 32 - 1  # numpy's seed range
+LR_MAX = 1e38  # torch's optimisers hold the lr as float32 (max 3.4e38): larger ones raise
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric setting: `low`..`high` (None: unbounded), each end open or
+    closed; `null` (a text) when None is also allowed, and what it means. Numbers are finite."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    null: str | None = None
+
+    def contains(self, value) -> bool:
+        if value is None:
+            return self.null is not None
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self, kind: type) -> str:
+        noun = "an integer" if kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            text = (f"{noun} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+                    if kind is float else f"{noun} in {self.low}..{self.high}")
+        elif self.low is not None:
+            text = f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
+        elif self.high is not None:
+            text = f"{noun} {'<' if self.high_open else '<='} {self.high:g}"
+        else:
+            text = noun
+        return f"{text} or null for {self.null}" if self.null else text
+
+
+def ranged(default, low=None, high=None, *, low_open=False, high_open=False, null=None):
+    """A numeric setting with its valid range (`Range`), checked when the config is built."""
+    return field(default=default, metadata={"range": Range(low, high, low_open, high_open, null)})
+
+
+def matching(default: str, pattern: str, allowed: str):
+    """A text setting that must match `pattern` (the whole text); `allowed` says what fits."""
+    return field(default=default, metadata={"pattern": pattern, "allowed": allowed})
+
+
+NAME = r"[^/\\\x00]+"  # a run folder name: runs/<name>
+SPLIT = r"\S+"
+
+
 @dataclass
 class DataConfig:
     dataset: str = "omniglot"
-    image_size: int = 28
-    train_split: str = "train"
-    val_split: str | None = "val"  # None: no validation, the last checkpoint is the result
-    test_split: str = "test"
+    image_size: int = ranged(28, 1, 4096)  # the backbone sets its own floor (conv4: 2 ** pooled_blocks)
+    train_split: str = matching("train", SPLIT, "a split name")
+    val_split: str | None = matching("val", SPLIT, "a split name or null")  # None: no validation, the last checkpoint is the result
+    test_split: str = matching("test", SPLIT, "a split name")
     args: dict[str, Any] = field(default_factory=dict)  # the dataset's own settings (its `Args` dataclass)
 
 
 @dataclass
 class EpisodeConfig:
-    ways: int | None = 5  # None for regression
-    shots: int = 1
-    queries: int = 15
+    ways: int | None = ranged(5, 2, null="regression")  # None for regression
+    shots: int = ranged(1, 1)
+    queries: int = ranged(15, 1)
+
+
+Optimizer = Literal["adam", "sgd"]
+Schedule = Literal["constant", "step", "cosine", "linear"]
+Engine = Literal["auto", "serial", "fork", "vmap"]  # fastadapt.engine.ENGINES
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    meta_batch: int = 1
+    steps: int = ranged(1000, 1)
+    meta_batch: int = ranged(1, 1)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9  # sgd only; Reptile's outer step is plain SGD (momentum 0)
-    lr_schedule: str = "constant"  # constant | step | cosine | linear (to 0)
-    lr_min: float = 0.0  # cosine: the final lr
-    lr_step: int = 2000  # step schedule: multiply by lr_gamma every lr_step steps
-    lr_gamma: float = 0.5
-    val_every: int = 500
-    val_episodes: int = 200
-    checkpoint_every: int = 250
-    log_every: int = 50
-    engine: str = "auto"  # auto | serial | fork | vmap (see fastadapt.engine)
-    workers: int = 0  # fork engine processes; 0 = one per core
-    chunk_size: int = 0  # vmap engine: tasks per vmapped call (bounds memory); 0 = the whole meta-batch
+    optimizer: Optimizer = "adam"
+    lr: float = ranged(1e-3, 0, LR_MAX, low_open=True)
+    momentum: float = ranged(0.9, 0, 1, high_open=True)  # sgd only; Reptile's outer step is plain SGD (momentum 0)
+    lr_schedule: Schedule = "constant"  # constant | step | cosine | linear (to 0)
+    lr_min: float = ranged(0.0, 0, LR_MAX)  # cosine: the final lr
+    lr_step: int = ranged(2000, 1)  # step schedule: multiply by lr_gamma every lr_step steps
+    lr_gamma: float = ranged(0.5, 0, 1, low_open=True)
+    val_every: int = ranged(500, 1)
+    val_episodes: int = ranged(200, 1)
+    checkpoint_every: int = ranged(250, 1)
+    log_every: int = ranged(50, 1)
+    engine: Engine = "auto"  # auto | serial | fork | vmap (see fastadapt.engine)
+    workers: int = ranged(0, 0, 4096)  # fork engine processes; 0 = one per core
+    chunk_size: int = ranged(0, 0)  # vmap engine: tasks per vmapped call (bounds memory); 0 = the whole meta-batch
     compile: bool = False  # vmap engine: torch.compile the batched loss (falls back to eager, with a warning)
-    device: str = "auto"  # auto | cpu | cuda[:N]
+    device: str = matching("auto", r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N")
 
 
 @dataclass
 class EvalConfig:
-    ways: int | None = 5
-    shots: int = 1
-    queries: int = 15
-    episodes: int = 1000
-    seed: int = 1234  # fixes the test episodes; shared by every method for comparable results
+    ways: int | None = ranged(5, 2, null="regression")
+    shots: int = ranged(1, 1)
+    queries: int = ranged(15, 1)
+    episodes: int = ranged(1000, 1)
+    seed: int = ranged(1234, 0, SEED_MAX - 1)  # fixes the test episodes; shared by every method (validation: seed + 1)
 
 
 @dataclass
@@ -82,9 +140,9 @@ class LearnerConfig:
 
 @dataclass
 class Config:
-    name: str = "custom"
+    name: str = matching("custom", NAME, "a name without '/' (the default run folder is runs/<name>)")
     description: str = ""
-    seed: int = 0
+    seed: int = ranged(0, 0, SEED_MAX)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -95,6 +153,39 @@ class Config:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _shown(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _check_field(f: dataclasses.Field, hint, value, where: str):
+    """Coerce and range-check one setting: a wrong type or value is one line naming `where`
+    and the allowed values."""
+    limits, pattern = f.metadata.get("range"), f.metadata.get("pattern")
+    if limits is None:
+        value = _coerce(value, hint, where)
+        if pattern is not None and value is not None and not re.fullmatch(pattern, value):
+            raise FastAdaptError(f"{where} must be {f.metadata['allowed']}, got {_shown(value)}")
+        return value
+    kind = next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
+    number, shown = value, _shown(value)
+    if kind is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+        try:
+            number = float(value)  # YAML reads 1e-3 (and nan, inf) as a string
+            shown = str(value)
+        except ValueError:
+            pass
+        except OverflowError:
+            number = math.inf
+    typed = (number is None or (isinstance(number, (int, float) if kind is float else int)
+                                and not isinstance(number, bool)))
+    if not typed:
+        prefix = "int (" + limits.describe(int) + ")" if kind is int else limits.describe(float)
+        raise FastAdaptError(f"{where} must be {prefix}, got {shown}")
+    if not limits.contains(number):
+        raise FastAdaptError(f"{where} must be {limits.describe(kind)}, got {shown}")
+    return float(number) if kind is float and number is not None else number
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -138,12 +229,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def _build(cls, values: dict, where: str):
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    known = set(fields)
     unknown = sorted(set(values) - known)
     if unknown:
         prefix = f"{where}." if where else ""
         raise FastAdaptError(f"unknown setting {prefix}{unknown[0]}; valid keys here: {', '.join(sorted(known))}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    kwargs = {k: _check_field(fields[k], hints[k], v, f"{where}.{k}" if where else k) for k, v in values.items()}
     return cls(**kwargs)
 
 
@@ -164,11 +256,15 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("fastadapt.presets").iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(text: str, where: str) -> dict:
+def _read_yaml(text: str, where: str, file: bool = False) -> dict:
     try:
-        values = yaml.safe_load(text) or {}
+        values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise FastAdaptError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if file and not values:
+        raise FastAdaptError(f"{where} is empty; a config needs at least its parts (e.g. learner: {{name: protonet}}, "
+                             f"model: {{backbone: conv4}}, data: {{dataset: omniglot}}); see a preset with "
+                             f"`fastadapt presets`")
     if not isinstance(values, dict):
         raise FastAdaptError(f"{where} must hold a mapping of settings at top level")
     return values
@@ -181,7 +277,14 @@ def load_raw(preset_or_path: str) -> dict:
         if not path.is_file():
             raise FastAdaptError(f"config file {path} does not exist; give a preset name "
                                  f"({', '.join(preset_names())}) or a YAML path")
-        return _read_yaml(path.read_text(), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise FastAdaptError(f"{path} is not a YAML text file (not UTF-8: binary or damaged); "
+                                 f"give a preset name or a YAML config") from None
+        except OSError as exc:
+            raise FastAdaptError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        return _read_yaml(text, str(path), file=True)
     resource = resources.files("fastadapt.presets") / f"{preset_or_path}.yaml"
     if not resource.is_file():
         raise FastAdaptError(f"no preset or file named {preset_or_path!r}; presets: "

@@ -40,8 +40,12 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[dict], list[st
     if not rows:
         raise FastAdaptError(f"{path} has no rows; expected {','.join(columns)} lines")
     header = [c.strip().lower() for c in rows[0]]
-    if columns[0] in header:
+    # A first row naming any usual column is a header; one without our path column is an error,
+    # not a data row (e.g. "file,label").
+    if set(header) & {*columns, "path", "label", "file", "filename", "image", "class", "text"}:
         names, rows, first = header, rows[1:], 2
+        if not rows:
+            raise FastAdaptError(f"{path} has a header but no rows; add one {','.join(columns)} line per example")
     else:
         names, first = list(columns), 1
     missing = [c for c in columns if c not in names]

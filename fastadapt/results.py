@@ -90,8 +90,10 @@ def _benchmark(r: dict) -> str:
         return r["benchmark"]
     if r.get("ways"):
         trained = r.get("trained_on", r["dataset"])
-        if trained != r["dataset"]:  # cross-domain: a run evaluated on another dataset
-            split = f" ({r['split']}; trained on {trained})"
+        if trained != r["dataset"]:  # cross-domain: a run evaluated on another dataset (which folder, if one)
+            root = (r.get("data_args") or {}).get("root")
+            where = f"{Path(str(root)).name}, " if root else ""
+            split = f" ({where}{r['split']}; trained on {trained})"
         else:
             split = "" if r.get("split", "test") == "test" else f" ({r['split']} alphabets)"
         return f"{r['dataset']}{split} {r['ways']}-way {r['shots']}-shot"

@@ -7,6 +7,8 @@ ends with the same weights and metrics as an uninterrupted one.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
 import time
@@ -96,6 +98,14 @@ class Trainer:
                                      f"(differs in: {', '.join(changed)}); resume it with the same "
                                      f"settings or choose a new --out")
         else:
+            # A folder that is not a run folder (and not empty) is the user's, e.g. their data:
+            # never write a run into it.
+            other = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")) \
+                if self.run_dir.is_dir() else []
+            if other:
+                raise FastAdaptError(f"--out {self.run_dir} is a folder with other files ({', '.join(other[:3])}"
+                                     f"{' ...' if len(other) > 3 else ''}) and no config.yaml, so it is not a run "
+                                     f"folder; give a new or empty folder")
             atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
 
     @property
@@ -143,8 +153,8 @@ class Trainer:
 
     def _fit(self, stop_after: int | None) -> dict | None:
         cfg = self.config.train
+        self.suite.check()  # data errors come before the run folder is claimed with config.yaml
         self._prepare_run_dir()
-        self.suite.check()
         atomic_write_text(self.run_dir / "model.json", json.dumps(self.model_info))
         self._resume()
         val_set = None
@@ -215,25 +225,50 @@ class Trainer:
 
 
 def _validate(config: Config) -> None:
-    """Fail fast, before any data is loaded."""
-    LEARNERS.get(config.learner.name)
-    BACKBONES.get(config.model.backbone)
-    DATASETS.get(config.data.dataset)
-    t = config.train
-    for name in ("steps", "meta_batch", "val_every", "checkpoint_every", "log_every", "val_episodes"):
-        if getattr(t, name) < 1:
-            raise FastAdaptError(f"train.{name} must be >= 1, got {getattr(t, name)}")
-    if not t.lr >= 0:  # NaN too (torch's optimisers would raise a bare ValueError); inf stops at step 1
-        raise FastAdaptError(f"train.lr must be a number >= 0, got {t.lr}")
-    if config.eval.episodes < 1:
-        raise FastAdaptError(f"eval.episodes must be >= 1, got {config.eval.episodes}")
+    """Fail fast, before any data is loaded. Each setting's own range is checked when the config
+    is built (fastadapt.config: `ranged`, `matching`, Literal choices); this checks the names of
+    the registered parts and the settings that depend on each other."""
+    config_from_dict(config.to_dict())  # the ranges again, for a Config built in code
+    from .learners.base import parse_args
+    from .models import parse_settings
+    learner_cls = LEARNERS.get(config.learner.name)
+    if getattr(learner_cls, "Args", None) is not None:
+        parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
+    backbone_args = None
+    backbone_cls = BACKBONES.get(config.model.backbone)
+    if getattr(backbone_cls, "Args", None) is not None:
+        backbone_args = parse_settings(backbone_cls.Args, config.model.backbone_args, "model.backbone_args")
+    dataset_cls = DATASETS.get(config.data.dataset)
+    problem = getattr(dataset_cls, "problem", None)
+    splits = getattr(dataset_cls, "splits", None)
+    if isinstance(splits, (tuple, list)) and splits:
+        for key in ("train_split", "val_split", "test_split"):
+            split = getattr(config.data, key)
+            if split is not None and split not in splits:
+                raise FastAdaptError(f"data.{key} must be one of {', '.join(splits)} for {config.data.dataset}"
+                                     f"{' (or null)' if key == 'val_split' else ''}; got {split!r}")
+    pooled = getattr(backbone_args, "pooled_blocks", None)
+    if problem == "classification" and isinstance(pooled, int) and config.data.image_size >> pooled < 1:
+        raise FastAdaptError(f"data.image_size must be >= {2 ** pooled} for {config.model.backbone} with {pooled} "
+                             f"poolings, got {config.data.image_size}; or lower model.backbone_args.pooled_blocks")
+    train_ways, eval_ways = config.train.episodes.ways, config.eval.ways
+    if problem == "classification":
+        for key, ways in (("train.episodes.ways", train_ways), ("eval.ways", eval_ways)):
+            if ways is None:
+                raise FastAdaptError(f"{key} must be an integer >= 2 for the classification dataset "
+                                     f"{config.data.dataset}, got null")
+        if getattr(learner_cls, "needs_head", False) and eval_ways != train_ways:
+            raise FastAdaptError(f"eval.ways must equal train.episodes.ways ({train_ways}) for "
+                                 f"{config.learner.name}, whose head has that many outputs; got {eval_ways}")
 
 
 def _applicable_reference(config: Config, ways, shots, adapt_steps: int | None = None) -> dict:
     """The paper's number applies only to the preset's own test setting and data. A preset may
     give numbers for other test-time step counts under `reference.by_adapt_steps`."""
     own_test = (ways, shots) == (config.eval.ways, config.eval.shots)
-    changed = any(o.startswith(("data.", "eval.", "model.", "learner.")) for o in config.overrides)
+    # the number of test episodes and their seed change the estimate's precision, not what is measured
+    changed = any(o.startswith(("data.", "eval.", "model.", "learner.")) and not o.startswith(("eval.episodes=", "eval.seed="))
+                  for o in config.overrides)
     if not own_test or changed:
         return {}
     reference = {k: v for k, v in config.reference.items() if k != "by_adapt_steps"}
@@ -307,7 +342,9 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
     if data is not None or data_settings or split is not None:
         suite, test_split = cross_domain_suite(trainer, data or dataset, data_settings or [], split, data_root)
         dataset = suite.config.data.dataset
-        prefix = f"{dataset}-{test_split}-"
+        data_key = dataclasses.asdict(suite.config.data)
+        digest = hashlib.sha256(json.dumps(data_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        prefix = f"{dataset}-{test_split}-{digest}-"  # one file per data setting: other folders never overwrite it
     test_set = suite.fixed_set(test_split, ways, shots, queries, episodes, seed)
     tag = prefix + (f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}" if ways else f"{shots}shot{queries}q-{episodes}ep-seed{seed}")
     episodes_tag = tag
@@ -327,6 +364,7 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
         "machine": machine_info(trainer.device),
         "reference": {} if prefix else _applicable_reference(config, ways, shots, adapt_steps),
         "trained_on": config.data.dataset, "overrides": config.overrides,
+        "data_args": suite.config.data.args if prefix else config.data.args,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     own = (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) and \
@@ -351,8 +389,11 @@ def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], spli
     suite_cls = DATASETS.get(dataset)
     shape = tuple(trainer.model_info["input_shape"])
     base = {"dataset": dataset, "image_size": trainer.config.data.image_size, "args": {}}
-    if len(shape) == 3 and "channels" in getattr(suite_cls.Args, "__dataclass_fields__", {}):
+    fields = getattr(suite_cls.Args, "__dataclass_fields__", {})
+    if len(shape) == 3 and "channels" in fields:
         base["args"]["channels"] = shape[0]
+    if "invert" in fields:  # read the user's images the way `predict` does for this run
+        base["args"]["invert"] = bool(getattr(trainer.suite, "inverted_ink", False))
     values = apply_overrides({"data": base}, settings)["data"]
     chosen = split or ("all" if "all" in suite_cls.splits else "test") if hasattr(suite_cls, "splits") else split or "test"
     values.update(train_split=chosen, val_split=None, test_split=chosen)

@@ -168,11 +168,18 @@ def test_cross_domain_eval_on_an_image_folder(protonet_run, shapes, capsys):
     args = ["eval", str(protonet_run), "--data", "imagefolder", "--set", f"data.args.root={root / 'support'}",
             "--episodes", "30", "--queries", "3"]
     assert main(args) == 0, capsys.readouterr().err
-    record = json.loads((protonet_run / "eval-imagefolder-all-5w1s3q-30ep-seed1234.json").read_text())
+    files = sorted(protonet_run.glob("eval-imagefolder-all-*-5w1s3q-30ep-seed1234.json"))
+    assert len(files) == 1
+    record = json.loads(files[0].read_text())
     assert record["dataset"] == "imagefolder" and record["trained_on"] == "omniglot" and record["split"] == "all"
+    assert record["data_args"]["root"] == str(root / "support") and record["data_args"]["invert"] is True
     assert record["episodes"] == 30 and record["reference"] == {}
     assert record["accuracy"] > 0.6  # 5-way 1-shot drawn shapes; chance is 0.2
     assert "imagefolder" in capsys.readouterr().out
+    # another folder is another result file: nothing is overwritten
+    assert main(args + ["--set", "data.args.resize=center_crop"]) == 0
+    assert len(sorted(protonet_run.glob("eval-imagefolder-all-*-5w1s3q-30ep-seed1234.json"))) == 2
+    capsys.readouterr()
     assert main(args + ["--set", "train.steps=3"]) == 2
     assert "only data.* settings" in capsys.readouterr().err
     assert main(["eval", str(protonet_run), "--data", "imagefolder", "--set", f"data.args.root={root / 'support'}",

@@ -101,9 +101,20 @@ class ClassificationSuite(TaskSuite):
     def num_train_classes(self) -> int:
         return self.split(self.config.data.train_split).num_classes
 
+    #: True when items store ink as high values (Omniglot): evaluating such a run on a user's
+    #: folder inverts the user's images (`data.args.invert`) so both read alike.
+    inverted_ink: bool = False
+
     def check(self) -> None:
-        """Load the training split and check the training episodes can be drawn (before training)."""
+        """Before training: the training episodes, and the validation and test episodes the run
+        will be scored on, can all be drawn (a too-small split fails now, not after training)."""
+        from .sampler import check_request
         self._sampler()
+        e = self.config.eval
+        for key in ("val_split", "test_split"):
+            split = getattr(self.config.data, key)
+            if split is not None:
+                check_request(self.split(split), e.ways, e.shots, e.queries, e.seed)
 
     def _sampler(self) -> EpisodeSampler:
         if self._train is None:
@@ -117,7 +128,8 @@ class ClassificationSuite(TaskSuite):
         Datasets with their own preprocessing (Omniglot inverts ink) override this; `fastadapt
         predict` reads the user's files through it, so they match what the model was trained on."""
         from .images import decode_image
-        return decode_image(path, self.image_size, channels, getattr(self.args, "resize", "squash"))
+        item = decode_image(path, self.image_size, channels, getattr(self.args, "resize", "squash"))
+        return 255 - item if getattr(self.args, "invert", False) else item
 
     def load_split(self, split: str) -> LabelledDataset:
         """The items and labels of one split (class ids 0..n-1 within the split)."""

@@ -340,6 +340,7 @@ class ImageFolderSuite(ClassificationSuite):
         test_classes: list | None = None  # class-folder names of the test split
         split_fractions: list[float] | None = None  # train/val/test shares of the classes; null: [0.6, 0.2, 0.2]
         split_seed: int = 0  # seeds the shuffle of the sorted classes that split_fractions cuts
+        invert: bool = False  # true: pixel -> 255 - pixel (dark strokes become high, as Omniglot's items)
 
     splits = ("train", "val", "test", "all")
 
@@ -355,8 +356,10 @@ class ImageFolderSuite(ClassificationSuite):
         """Every class: the decoded folder, memoised (splits are class subsets of it)."""
         if getattr(self, "_everything", None) is None:
             a = self.args
-            self._everything = load_image_folder(a.root, self.image_size, a.channels, a.resize, a.skip_bad,
-                                                 listing=self._listing())
+            data = load_image_folder(a.root, self.image_size, a.channels, a.resize, a.skip_bad, listing=self._listing())
+            if a.invert:  # after the cache: one decoded copy serves both settings
+                data = LabelledDataset(255 - data.items, data.labels, data.class_names, data.name, data.sources)
+            self._everything = data
         return self._everything
 
     def load_split(self, split: str) -> LabelledDataset:

@@ -91,14 +91,14 @@ def score_lake(predictions: list[torch.Tensor], runs: list[LakeRun]) -> dict:
     `mean_error` (percent, the mean over runs: the number the official demo prints).
     """
     if len(predictions) != len(runs):
-        raise ValueError(f"got predictions for {len(predictions)} runs but there are {len(runs)} runs")
+        raise FastAdaptError(f"got predictions for {len(predictions)} runs but there are {len(runs)} runs")
     correct, errors = 0, []
     for prediction, run in zip(predictions, runs):
         prediction = torch.as_tensor(prediction).detach().cpu()
         if prediction.ndim == 2:
             prediction = prediction.argmax(-1)
         if prediction.shape != run.answers.shape:
-            raise ValueError(f"{run.name}: predictions have shape {tuple(prediction.shape)}, "
+            raise FastAdaptError(f"{run.name}: predictions have shape {tuple(prediction.shape)}, "
                              f"expected {tuple(run.answers.shape)} (one class index per test item)")
         hits = int((prediction.long() == run.answers).sum())
         correct += hits

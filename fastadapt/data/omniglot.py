@@ -338,6 +338,7 @@ class OmniglotSuite(ClassificationSuite):
     """Few-shot classification on Omniglot class splits (Vinyals or Lake background/evaluation)."""
 
     splits = SPLITS
+    inverted_ink = True
 
     def load_split(self, split: str) -> LabelledDataset:
         return omniglot_pool(split, root=self.data_root, size=self.image_size, download=self.download)
