@@ -205,7 +205,7 @@ def test_explicit_class_lists_give_exactly_those_classes(folder):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["data.args.rot=x"], "unknown setting data.args.rot; valid keys here: channels, resize, root"),
+    (["data.args.rot=x"], "unknown setting data.args.rot; valid keys here: channels, invert, resize, root"),
     (["data.args.channels=2"], "data.args.channels must be one of 1, 3; got 2"),
     (["data.args.resize=crop"], "data.args.resize must be one of 'squash', 'center_crop'"),
     (["data.args.skip_bad=maybe"], "data.args.skip_bad must be bool"),
