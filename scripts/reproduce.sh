@@ -142,6 +142,18 @@ job_multitask-lake() { train multitask-lake multitask-omniglot-5w1s "${lake_spli
 job_gnn-lake()  { train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.steps=300 --set train.episodes.queries=1 --set eval.episodes=20; lake gnn-lake; }
 job_cnp-lake()  { train cnp-lake cnp-omniglot-20w1s "${lake_split[@]}" --set train.steps=150; lake cnp-lake; }
 
+# Issue 10's measurements (benchmarks/README.md): `make run`'s ProtoNets, a 100-meta-batch MAML and
+# the Baseline row, evaluated on a generated folder of drawn glyphs; predict and decode timings.
+job_maml-100() { train maml-100 maml-omniglot-5w1s --set train.steps=100 --set train.val_every=50 --set train.checkpoint_every=25 --set train.log_every=10; }
+job_cross-domain() {
+  [ -d runs/protonet-omniglot-quick ] || "$FA" train protonet-omniglot-quick --quiet
+  [ -d runs/maml-100 ] || job_maml-100
+  [ -d runs/baseline-5w1s ] || train baseline-5w1s baseline-omniglot-5w1s --set train.steps=2500
+  "$PY" benchmarks/drawn_folder.py runs/drawn-glyphs --per-class 20 --seed 0
+  "$PY" benchmarks/cross_domain.py runs/drawn-glyphs runs/protonet-omniglot-quick runs/maml-100 runs/baseline-5w1s
+}
+job_predict-speed() { OMP_NUM_THREADS=2 "$PY" benchmarks/predict_speed.py --repeats 5; }
+
 JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrained-sinusoid-10shot
       maml-5w1s protonet-5w1s fomaml-5w1s matching-20w1s anil-5w1s relation-5w1s metasgd-5w1s siamese-5w1s
       reptile-5w1s baseline-5w1s baselinepp-5w1s multitask-5w1s gnn-5w1s cnp-5w1s gnn-20w1s cnp-20w1s
