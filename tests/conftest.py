@@ -104,3 +104,14 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """An empty disk cache and an empty in-process Omniglot memo, restored afterwards."""
+    from fastadapt.data import omniglot
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FASTADAPT_CACHE", str(cache))
+    omniglot._load_characters.cache_clear()
+    yield cache
+    omniglot._load_characters.cache_clear()

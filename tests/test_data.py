@@ -21,14 +21,6 @@ from fastadapt.data import omniglot
 from fastadapt.errors import FastAdaptError
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch) -> Path:
-    """An empty disk cache and an empty in-process memo, restored afterwards."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("FASTADAPT_CACHE", str(cache))
-    omniglot._load_characters.cache_clear()
-    yield cache
-    omniglot._load_characters.cache_clear()
 
 
 def _decode_file(archive: Path, member: str, size: int) -> np.ndarray:

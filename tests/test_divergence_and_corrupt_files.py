@@ -146,8 +146,8 @@ class _NaNLearner(Learner):
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.broken = broken
 
-    def task_loss(self, episode):
-        raise NotImplementedError
+    def task_loss(self, episode):  # evaluation only: never trained
+        raise AssertionError("the evaluator must not call task_loss")
 
     def predict(self, episode):
         logits = torch.nn.functional.one_hot(episode.info["answers"], episode.ways).float()
@@ -282,13 +282,6 @@ BAD_MEMBER = "images_background/Alpha/character02/0002_07.png"
 BAD_BYTES = {"text": b"this is not a png\n", "half-png": lambda data: data[:len(data) // 2]}
 
 
-@pytest.fixture
-def fresh_cache(tmp_path, monkeypatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("FASTADAPT_CACHE", str(cache))
-    omniglot._load_characters.cache_clear()
-    yield cache
-    omniglot._load_characters.cache_clear()
 
 
 @pytest.mark.parametrize("damage", sorted(BAD_BYTES))

@@ -22,6 +22,8 @@ class counts come from here.
 """
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +43,7 @@ class NoArgs:
     """This dataset takes no data.args."""
 
 
-class TaskSuite:
+class TaskSuite(abc.ABC):
     problem: str = "classification"
     #: Settings under `data.args`; subclasses replace it with their own dataclass.
     Args: type = NoArgs
@@ -52,14 +54,16 @@ class TaskSuite:
         self.config, self.data_root, self.download = config, data_root, download
         self.args = parse_data_args(type(self), config)
 
+    @abc.abstractmethod
     def train_task(self, index: int) -> Episode:
-        raise NotImplementedError
+        """Training task `index`, a pure function of (config.seed, index)."""
 
     def check(self) -> None:
         """Fail now, before training, if training tasks cannot be drawn."""
 
+    @abc.abstractmethod
     def fixed_set(self, split: str, ways: int | None, shots: int, queries: int, episodes: int, seed: int):
-        raise NotImplementedError
+        """A fixed, seeded sequence of evaluation episodes with `save(path)`."""
 
 
 def parse_data_args(suite_cls: type, config: Config):
@@ -131,9 +135,9 @@ class ClassificationSuite(TaskSuite):
         item = decode_image(path, self.image_size, channels, getattr(self.args, "resize", "squash"))
         return 255 - item if getattr(self.args, "invert", False) else item
 
+    @abc.abstractmethod
     def load_split(self, split: str) -> LabelledDataset:
         """The items and labels of one split (class ids 0..n-1 within the split)."""
-        raise NotImplementedError
 
     def split(self, split: str) -> LabelledDataset:
         if split not in self.splits:
@@ -189,8 +193,9 @@ class RegressionSuite(TaskSuite):
         episodes = config.train.episodes
         self._train = self.source(episodes.shots, episodes.queries, config.seed, training=True)
 
+    @abc.abstractmethod
     def source(self, shots: int, queries: int, seed: int, training: bool):
-        raise NotImplementedError
+        """An object whose `task(index)` is that task, a pure function of (seed, index)."""
 
     def train_task(self, index: int) -> Episode:
         return self._train.task(index)
