@@ -122,8 +122,8 @@ class AdaptedTask:
         episode = Episode(self.support_x, self.support_y, q, None, ways=ways, shots=shots, info={})
         learner = self.model.learner
         learner.eval()
-        with torch.no_grad() if not hasattr(learner, "eval_inner_steps") else torch.enable_grad():
-            return learner.predict(episode.to(self.model.device)).detach().cpu()
+        # exactly as the evaluator calls it: each learner manages gradients for its own adaptation
+        return learner.predict(episode.to(self.model.device)).detach().cpu()
 
     def predict_proba(self, queries: Items) -> np.ndarray:
         """(n_queries, n_classes) class probabilities, columns in `classes` order: the softmax of the

@@ -395,7 +395,7 @@ def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], spli
     if "invert" in fields:  # read the user's images the way `predict` does for this run
         base["args"]["invert"] = bool(getattr(trainer.suite, "inverted_ink", False))
     values = apply_overrides({"data": base}, settings)["data"]
-    chosen = split or ("all" if "all" in suite_cls.splits else "test") if hasattr(suite_cls, "splits") else split or "test"
+    chosen = split or ("all" if "all" in getattr(suite_cls, "splits", ()) else "test")
     values.update(train_split=chosen, val_split=None, test_split=chosen)
     raw = trainer.config.to_dict()
     raw["data"] = values
