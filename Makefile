@@ -8,7 +8,7 @@ ifneq ($(SHARED_DATA),)
 export FASTADAPT_DATA ?= $(abspath $(SHARED_DATA))
 endif
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: setup
 	$(BIN)/python benchmarks/maml_speed.py

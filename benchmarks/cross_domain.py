@@ -9,6 +9,7 @@ cell, then a markdown table.
     python benchmarks/drawn_folder.py /tmp/drawn            # 44 classes x 20 drawn glyphs
     python benchmarks/cross_domain.py /tmp/drawn runs/protonet runs/maml runs/baseline
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,26 @@ def main() -> None:
     for run in args.runs:
         own = json.loads((run / "eval.json").read_text())
         for shots in (1, 5):
-            record = evaluate_run(run, ways=5, shots=shots, queries=15, episodes=args.episodes, data="imagefolder",
-                                  data_settings=[f"data.args.root={args.folder}"])
-            cell = {"run": str(run), "method": record["method"], "train_steps": record["train_steps"],
-                    "shots": shots, "accuracy": record["accuracy"], "ci95": record["ci95"],
-                    "episodes": record["episodes"], "omniglot_5w1s": own["accuracy"],
-                    "eval_seconds": record["eval_seconds"]}
+            record = evaluate_run(
+                run,
+                ways=5,
+                shots=shots,
+                queries=15,
+                episodes=args.episodes,
+                data="imagefolder",
+                data_settings=[f"data.args.root={args.folder}"],
+            )
+            cell = {
+                "run": str(run),
+                "method": record["method"],
+                "train_steps": record["train_steps"],
+                "shots": shots,
+                "accuracy": record["accuracy"],
+                "ci95": record["ci95"],
+                "episodes": record["episodes"],
+                "omniglot_5w1s": own["accuracy"],
+                "eval_seconds": record["eval_seconds"],
+            }
             print(json.dumps(cell), flush=True)
             rows.append(cell)
     print("\n| method (training steps) | Omniglot 5w1s (own test) | drawn glyphs 5w1s | drawn glyphs 5w5s |")
@@ -43,7 +58,9 @@ def main() -> None:
         cells = {r["shots"]: r for r in rows if r["run"] == str(run)}
         first = cells[1]
         shown = {k: f"{100 * c['accuracy']:.2f} ± {100 * c['ci95']:.2f}" for k, c in cells.items()}
-        print(f"| {first['method']} ({first['train_steps']}) | {100 * first['omniglot_5w1s']:.2f} | {shown[1]} | {shown[5]} |")
+        print(
+            f"| {first['method']} ({first['train_steps']}) | {100 * first['omniglot_5w1s']:.2f} | {shown[1]} | {shown[5]} |"
+        )
     sys.stdout.flush()
 
 

@@ -8,6 +8,7 @@ a new renderer and new file formats.
 
     python benchmarks/drawn_folder.py OUT_DIR [--per-class 20] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,15 @@ def draw(label: str, rng: np.random.Generator) -> Image.Image:
     scale = rng.uniform(0.6, 0.85)
     if label.startswith(("letter-", "digit-")):
         font = ImageFont.load_default(size=int(canvas * scale))
-        d.text(tuple(centre), label[-1], fill=0, font=font, anchor="mm",
-               stroke_width=int(rng.integers(2, 7)), stroke_fill=0)
+        d.text(
+            tuple(centre),
+            label[-1],
+            fill=0,
+            font=font,
+            anchor="mm",
+            stroke_width=int(rng.integers(2, 7)),
+            stroke_fill=0,
+        )
     else:
         _shape(d, label, centre, canvas * scale / 2.4, int(rng.integers(8, 16)))
     img = img.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BICUBIC, fillcolor=255)

@@ -13,6 +13,7 @@ process (to measure the worker pool's speed-up).
 
     .venv/bin/python benchmarks/image_decode.py [--dir DIR] [--serial] [--out FILE]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,14 +59,23 @@ def write_class(folder: str, label: int, count: int, seed: int) -> int:
 def generate(root: Path, classes: int, per_class: int, seed: int = 0) -> int:
     """Write the folder in parallel (one job per class); returns its size in bytes."""
     with ProcessPoolExecutor() as pool:
-        return sum(pool.map(write_class, [str(root / f"class{c:03d}") for c in range(classes)], range(classes),
-                            [per_class] * classes, [seed] * classes))
+        return sum(
+            pool.map(
+                write_class,
+                [str(root / f"class{c:03d}") for c in range(classes)],
+                range(classes),
+                [per_class] * classes,
+                [seed] * classes,
+            )
+        )
 
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process and its finished children (the decode workers)."""
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return sum(
+        r.ru_utime + r.ru_stime
+        for r in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
 
 
 def main() -> None:
@@ -102,16 +112,29 @@ def main() -> None:
         n = len(first)
         cache_bytes = sum(p.stat().st_size for p in (Path(tmp) / "cache").rglob("*.npz"))
         folder_bytes = sum(p.stat().st_size for p in root.rglob("*.jpg"))
-        row = {"benchmark": "image_decode", "images": n, "classes": first.num_classes, "size": args.size,
-               "channels": 3, "workers": 1 if args.serial else imagefolder._cores(),
-               "first_s": round(first_s, 3), "first_images_per_s": round(n / first_s, 1),
-               "cached_s": round(cached_s, 3), "cached_images_per_s": round(n / cached_s, 1),
-               "first_over_cached": round(first_s / cached_s, 1),
-               "first_cpu_s": round(first_cpu, 2), "first_cpu_ms_per_image": round(1000 * first_cpu / n, 3),
-               "folder_mb": round(folder_bytes / 2**20, 1), "cache_mb": round(cache_bytes / 2**20, 1),
-               "generated_s": generated_s, "pillow": PIL.__version__, "numpy": np.__version__,
-               "python": platform.python_version(), "cores": imagefolder._cores(),
-               "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+        row = {
+            "benchmark": "image_decode",
+            "images": n,
+            "classes": first.num_classes,
+            "size": args.size,
+            "channels": 3,
+            "workers": 1 if args.serial else imagefolder._cores(),
+            "first_s": round(first_s, 3),
+            "first_images_per_s": round(n / first_s, 1),
+            "cached_s": round(cached_s, 3),
+            "cached_images_per_s": round(n / cached_s, 1),
+            "first_over_cached": round(first_s / cached_s, 1),
+            "first_cpu_s": round(first_cpu, 2),
+            "first_cpu_ms_per_image": round(1000 * first_cpu / n, 3),
+            "folder_mb": round(folder_bytes / 2**20, 1),
+            "cache_mb": round(cache_bytes / 2**20, 1),
+            "generated_s": generated_s,
+            "pillow": PIL.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+            "cores": imagefolder._cores(),
+            "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+        }
     line = json.dumps(row)
     print(line)
     if args.out:

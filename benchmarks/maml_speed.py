@@ -23,6 +23,7 @@ and its engine workers) of one step after a warm-up (see benchmarks/README.md). 
 line per (configuration, implementation), with `speed_vs_higher` and `memory_vs_higher`;
 `--out FILE` also appends them to FILE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,12 +56,21 @@ WARMUP_TASKS = 2  # warm-up step (allocator, oneDNN primitive cache) on a small 
 
 def make_tasks(n, ways, shots, queries, size, device, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [Episode(torch.rand(ways * shots, 1, size, size, generator=g), torch.arange(ways).repeat_interleave(shots),
-                    torch.rand(ways * queries, 1, size, size, generator=g), torch.arange(ways).repeat_interleave(queries),
-                    ways=ways, shots=shots).to(device) for _ in range(n)]
+    return [
+        Episode(
+            torch.rand(ways * shots, 1, size, size, generator=g),
+            torch.arange(ways).repeat_interleave(shots),
+            torch.rand(ways * queries, 1, size, size, generator=g),
+            torch.arange(ways).repeat_interleave(queries),
+            ways=ways,
+            shots=shots,
+        ).to(device)
+        for _ in range(n)
+    ]
 
 
 # -- fastadapt ------------------------------------------------------------------------------
+
 
 def fastadapt_step(args, cfg, impl):
     engine_name = {"fastadapt-auto": "auto", "fastadapt-vmap": "vmap"}.get(impl, "serial")
@@ -68,16 +78,22 @@ def fastadapt_step(args, cfg, impl):
     channels_last = device.type == "cpu" and engine_name != "vmap"  # the trainer's default; vmap needs NCHW
     torch.manual_seed(0)
     backbone = Conv4(out_features=args.ways, bn="transductive", channels_last=channels_last)
-    learner = LEARNERS[cfg["algo"]](backbone, inner_steps=cfg["inner_steps"], inner_lr=args.inner_lr,
-                                    checkpoint_inner=impl == "fastadapt-serial-ckpt").to(device)
+    learner = LEARNERS[cfg["algo"]](
+        backbone,
+        inner_steps=cfg["inner_steps"],
+        inner_lr=args.inner_lr,
+        checkpoint_inner=impl == "fastadapt-serial-ckpt",
+    ).to(device)
     optimizer = torch.optim.Adam(learner.parameters(), 1e-3)
-    engine = make_engine(engine_name, learner, device, cfg["meta_batch"], chunk_size=args.chunk_size,
-                         compile=args.compile)
+    engine = make_engine(
+        engine_name, learner, device, cfg["meta_batch"], chunk_size=args.chunk_size, compile=args.compile
+    )
 
     def step(tasks):
         optimizer.zero_grad(set_to_none=True)
         engine.meta_gradient(learner, tasks)
         optimizer.step()
+
     workers = [process.pid for process, _, _ in getattr(engine, "children", [])]
     return step, workers, engine
 
@@ -93,8 +109,10 @@ def peer_model(args, algo: str, device: torch.device) -> tuple[nn.Module, nn.Mod
 
 # -- higher ---------------------------------------------------------------------------------
 
+
 def higher_step(args, cfg, impl):
     import higher
+
     device = torch.device(args.device)
     algo, steps, lr = cfg["algo"], cfg["inner_steps"], args.inner_lr
     body, model = peer_model(args, algo, device)
@@ -110,8 +128,9 @@ def higher_step(args, cfg, impl):
         optimizer.zero_grad(set_to_none=True)
         for t in tasks:
             sx, qx = body(t.support_x), body(t.query_x)
-            with higher.innerloop_ctx(model, inner, copy_initial_weights=False,
-                                      track_higher_grads=not first_order, override=override) as (fmodel, diffopt):
+            with higher.innerloop_ctx(
+                model, inner, copy_initial_weights=False, track_higher_grads=not first_order, override=override
+            ) as (fmodel, diffopt):
                 for _ in range(steps):
                     diffopt.step(F.cross_entropy(fmodel(sx), t.support_y))
                 loss = F.cross_entropy(fmodel(qx), t.query_y) / len(tasks)
@@ -121,13 +140,16 @@ def higher_step(args, cfg, impl):
                 else:
                     loss.backward()
         optimizer.step()
+
     return step, [], None
 
 
 # -- torchopt -------------------------------------------------------------------------------
 
+
 def torchopt_step(args, cfg, impl):
     import torchopt
+
     device = torch.device(args.device)
     algo, steps, lr = cfg["algo"], cfg["inner_steps"], args.inner_lr
     body, model = peer_model(args, algo, device)
@@ -150,6 +172,7 @@ def torchopt_step(args, cfg, impl):
                 torchopt.recover_state_dict(model, net_state)
                 torchopt.recover_state_dict(inner, opt_state)
             optimizer.step()
+
         return step, [], None
 
     sgd = torchopt.sgd(lr)  # the functional API: FOMAML (constant inner gradients), Meta-SGD
@@ -170,10 +193,12 @@ def torchopt_step(args, cfg, impl):
             loss = F.cross_entropy(functional_call(model, dict(zip(names, params)), (t.query_x,)), t.query_y)
             (loss / len(tasks)).backward()
         optimizer.step()
+
     return step, [], None
 
 
 # -- measurement ----------------------------------------------------------------------------
+
 
 def _status_mb(pid: int, field: str) -> float:
     with open(f"/proc/{pid}/status") as f:
@@ -198,6 +223,7 @@ def _fixed_mmap_threshold() -> None:
     fixing it turns off its dynamic growth), so resident memory tracks live tensors instead of
     what the allocator kept from earlier steps. Halves the speed: memory runs are not timed."""
     import ctypes
+
     ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)
 
 
@@ -259,12 +285,15 @@ def summarize(cfg, impl, timings, memories=None, memory_meta_batch=None) -> dict
     ok = [r for r in timings if "error" not in r]
     if not ok:
         return {**row, "error": timings[0]["error"]}
-    row.update(engine=ok[0]["engine"], tasks_per_s=round(cfg["meta_batch"] / statistics.median(r["seconds"] for r in ok), 2))
+    row.update(
+        engine=ok[0]["engine"], tasks_per_s=round(cfg["meta_batch"] / statistics.median(r["seconds"] for r in ok), 2)
+    )
     if memories is not None:
         fine = [r for r in memories if "error" not in r]
         if fine:
-            row.update(peak_mb=round(statistics.median(r["peak_mb"] for r in fine), 1),
-                       memory_meta_batch=memory_meta_batch)
+            row.update(
+                peak_mb=round(statistics.median(r["peak_mb"] for r in fine), 1), memory_meta_batch=memory_meta_batch
+            )
     elif "peak_mb" in ok[0]:
         row["peak_mb"] = round(statistics.median(r["peak_mb"] for r in ok), 1)  # CUDA allocator peak
     return row
@@ -281,8 +310,11 @@ def main():
     parser.add_argument("--algos", default="maml,fomaml,anil,metasgd")
     parser.add_argument("--meta-batches", default="4,16,32")
     parser.add_argument("--inner-steps", default="1,5")
-    parser.add_argument("--impls", default="fastadapt-auto,fastadapt-serial,fastadapt-serial-ckpt,higher,torchopt",
-                        help=f"comma-separated, from {','.join(IMPLS)}")
+    parser.add_argument(
+        "--impls",
+        default="fastadapt-auto,fastadapt-serial,fastadapt-serial-ckpt,higher,torchopt",
+        help=f"comma-separated, from {','.join(IMPLS)}",
+    )
     parser.add_argument("--inner-lr", type=float, default=0.4)
     parser.add_argument("--ways", type=int, default=5)
     parser.add_argument("--shots", type=int, default=1)
@@ -317,16 +349,27 @@ def main():
                 for _ in range(args.rounds):
                     for impl in impls:
                         runs[impl].append(measure(args, cfg, impl))
-                rows = {impl: summarize(cfg, impl, runs[impl], memory.get(impl), memory_cfg["meta_batch"]) for impl in impls}
+                rows = {
+                    impl: summarize(cfg, impl, runs[impl], memory.get(impl), memory_cfg["meta_batch"]) for impl in impls
+                }
                 peer = rows.get("higher", {})
                 for row in rows.values():
                     if "tasks_per_s" in row and "tasks_per_s" in peer:
                         row["speed_vs_higher"] = round(row["tasks_per_s"] / peer["tasks_per_s"], 3)
                     if row.get("peak_mb") and peer.get("peak_mb"):
                         row["memory_vs_higher"] = round(row["peak_mb"] / peer["peak_mb"], 3)
-                    row.update(ways=args.ways, shots=args.shots, queries=args.queries, image_size=args.size,
-                               device=args.device, threads=args.threads, cores=len(os.sched_getaffinity(0)),
-                               torch=torch.__version__, rounds=args.rounds, steps_per_round=args.steps)
+                    row.update(
+                        ways=args.ways,
+                        shots=args.shots,
+                        queries=args.queries,
+                        image_size=args.size,
+                        device=args.device,
+                        threads=args.threads,
+                        cores=len(os.sched_getaffinity(0)),
+                        torch=torch.__version__,
+                        rounds=args.rounds,
+                        steps_per_round=args.steps,
+                    )
                     line = json.dumps(row)
                     print(line, flush=True)
                     if args.out:

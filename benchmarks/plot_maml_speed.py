@@ -3,6 +3,7 @@ JSON-lines file: one panel per (algorithm, inner steps).
 
     .venv/bin/python benchmarks/plot_maml_speed.py benchmarks/maml_speed.jsonl --out benchmarks/maml_speed.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,12 +13,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from table import IMPLS, load  # noqa: E402
 
-STYLE = {"higher": ("tab:gray", "o", "--"), "torchopt": ("tab:olive", "s", "--"),
-         "fastadapt-auto": ("tab:blue", "o", "-"), "fastadapt-serial": ("tab:cyan", "^", "-"),
-         "fastadapt-serial-ckpt": ("tab:purple", "v", ":"), "fastadapt-vmap": ("tab:red", "D", "-")}
+STYLE = {
+    "higher": ("tab:gray", "o", "--"),
+    "torchopt": ("tab:olive", "s", "--"),
+    "fastadapt-auto": ("tab:blue", "o", "-"),
+    "fastadapt-serial": ("tab:cyan", "^", "-"),
+    "fastadapt-serial-ckpt": ("tab:purple", "v", ":"),
+    "fastadapt-vmap": ("tab:red", "D", "-"),
+}
 
 
 def main():
@@ -26,8 +31,13 @@ def main():
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("maml_speed.png"))
     args = parser.parse_args()
     rows = {k: r for k, r in load(args.jsonl).items() if "tasks_per_s" in r}
-    panels = sorted({k[:2] for k in rows}, key=lambda p: (["maml", "fomaml", "anil", "metasgd"].index(p[0])
-                                                          if p[0] in ("maml", "fomaml", "anil", "metasgd") else 9, p[1]))
+    panels = sorted(
+        {k[:2] for k in rows},
+        key=lambda p: (
+            ["maml", "fomaml", "anil", "metasgd"].index(p[0]) if p[0] in ("maml", "fomaml", "anil", "metasgd") else 9,
+            p[1],
+        ),
+    )
     steps = sorted({p[1] for p in panels})
     algos = list(dict.fromkeys(p[0] for p in panels))
     fig, axes = plt.subplots(len(steps), len(algos), figsize=(3.2 * len(algos), 2.8 * len(steps)), squeeze=False)
@@ -37,7 +47,9 @@ def main():
         ax = axes[steps.index(inner)][algos.index(algo)]
         ax.set_visible(True)
         for impl in IMPLS:
-            points = sorted((k[2], r["tasks_per_s"]) for k, r in rows.items() if k[:2] == (algo, inner) and k[3] == impl)
+            points = sorted(
+                (k[2], r["tasks_per_s"]) for k, r in rows.items() if k[:2] == (algo, inner) and k[3] == impl
+            )
             if points:
                 color, marker, line = STYLE[impl]
                 ax.plot(*zip(*points), color=color, marker=marker, linestyle=line, label=impl)
@@ -54,8 +66,11 @@ def main():
             legend.setdefault(label, handle)
     handles, labels = list(legend.values()), list(legend)
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle(f"MAML-family meta-training, Conv-4, {first['ways']}-way {first['shots']}-shot\n"
-                 f"{first['device']} ({first['cores']} cores, {first['threads']} threads), torch {first['torch']}", fontsize=10)
+    fig.suptitle(
+        f"MAML-family meta-training, Conv-4, {first['ways']}-way {first['shots']}-shot\n"
+        f"{first['device']} ({first['cores']} cores, {first['threads']} threads), torch {first['torch']}",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.92))
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")

@@ -11,6 +11,7 @@ included: what a user waits for). One JSON line per learner; medians over `--rep
 
     FASTADAPT_DATA=../shared/data python benchmarks/predict_speed.py [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,6 +69,7 @@ def main() -> None:
 
         def included():
             return fastadapt.load(run).adapt(paths, labels, adapt_steps=steps).predict_proba(query_paths)
+
         model = fastadapt.load(run)
         task = model.adapt(paths, labels, adapt_steps=steps)
         x_support, x_query = model.inputs(paths), model.inputs(query_paths)
@@ -76,23 +78,49 @@ def main() -> None:
         def tensors():
             with torch.enable_grad() if steps else torch.no_grad():
                 return model.learner.predict(episode)
+
         t_included, _ = timed(included, args.repeats)
-        t_excluded, _ = timed(lambda: model.adapt(paths, labels, adapt_steps=steps).predict_proba(query_paths),
-                              args.repeats)
+        t_excluded, _ = timed(
+            lambda: model.adapt(paths, labels, adapt_steps=steps).predict_proba(query_paths), args.repeats
+        )
         t_tensors, _ = timed(tensors, args.repeats)
-        command = [sys.executable, "-m", "fastadapt", "predict", str(run), "--support", str(work / "support.csv"),
-                   "--query", str(work / "queries.csv"), "--out", str(work / f"pred-{name}.csv")]
+        command = [
+            sys.executable,
+            "-m",
+            "fastadapt",
+            "predict",
+            str(run),
+            "--support",
+            str(work / "support.csv"),
+            "--query",
+            str(work / "queries.csv"),
+            "--out",
+            str(work / f"pred-{name}.csv"),
+        ]
         if steps:
             command += ["--adapt-steps", str(steps)]
         start = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
         t_cli = time.perf_counter() - start
-        print(json.dumps({"learner": name, "adapt_steps": steps, "support": "5-way 5-shot", "queries": len(queries),
-                          "seconds_load_included": round(t_included, 4), "seconds_load_excluded": round(t_excluded, 4),
-                          "seconds_tensors_only": round(t_tensors, 4), "seconds_cli_process": round(t_cli, 3),
-                          "file_overhead_ratio": round(t_excluded / t_tensors, 2), "repeats": args.repeats,
-                          "threads": torch.get_num_threads(), "cpu": machine_info(torch.device("cpu"))["cpu"]}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "learner": name,
+                    "adapt_steps": steps,
+                    "support": "5-way 5-shot",
+                    "queries": len(queries),
+                    "seconds_load_included": round(t_included, 4),
+                    "seconds_load_excluded": round(t_excluded, 4),
+                    "seconds_tensors_only": round(t_tensors, 4),
+                    "seconds_cli_process": round(t_cli, 3),
+                    "file_overhead_ratio": round(t_excluded / t_tensors, 2),
+                    "repeats": args.repeats,
+                    "threads": torch.get_num_threads(),
+                    "cpu": machine_info(torch.device("cpu"))["cpu"],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ meta-batch) and peak memory per (algorithm, inner steps), each against `higher`.
 
 When a configuration was measured more than once (appended runs), the last line counts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,25 +38,42 @@ def cell(row: dict | None, value: str, ratio: str) -> str:
 
 def tables(rows: dict) -> str:
     impls = [i for i in IMPLS if any(k[3] == i for k in rows)]
-    configs = sorted({k[:3] for k in rows}, key=lambda c: (["maml", "fomaml", "anil", "metasgd"].index(c[0])
-                                                            if c[0] in ("maml", "fomaml", "anil", "metasgd") else 9, c[1], c[2]))
+    configs = sorted(
+        {k[:3] for k in rows},
+        key=lambda c: (
+            ["maml", "fomaml", "anil", "metasgd"].index(c[0]) if c[0] in ("maml", "fomaml", "anil", "metasgd") else 9,
+            c[1],
+            c[2],
+        ),
+    )
     engines = sorted({r.get("engine", "") for k, r in rows.items() if k[3] == "fastadapt-auto"} - {""})
     head = "| algorithm | inner steps | meta-batch | " + " | ".join(impls) + " |"
     rule = "|" + " --- |" * (3 + len(impls))
     out = [f"Tasks/s (x `higher`); fastadapt-auto ran the `{', '.join(engines) or '?'}` engine.", "", head, rule]
     for algo, steps, batch in configs:
-        out.append(f"| {algo} | {steps} | {batch} | " +
-                   " | ".join(cell(rows.get((algo, steps, batch, i)), "tasks_per_s", "speed_vs_higher") for i in impls) + " |")
+        out.append(
+            f"| {algo} | {steps} | {batch} | "
+            + " | ".join(cell(rows.get((algo, steps, batch, i)), "tasks_per_s", "speed_vs_higher") for i in impls)
+            + " |"
+        )
     memory = {}
-    for (algo, steps, batch, impl), row in rows.items():
+    for (algo, steps, _batch, impl), row in rows.items():
         if "peak_mb" in row:
             memory.setdefault((algo, steps), {})[impl] = row  # the same memory run for every meta-batch on CPU
     if memory:
-        out += ["", "Peak memory of one meta-training step, MB (x `higher`).", "",
-                "| algorithm | inner steps | " + " | ".join(impls) + " |", "|" + " --- |" * (2 + len(impls))]
+        out += [
+            "",
+            "Peak memory of one meta-training step, MB (x `higher`).",
+            "",
+            "| algorithm | inner steps | " + " | ".join(impls) + " |",
+            "|" + " --- |" * (2 + len(impls)),
+        ]
         for algo, steps in sorted(memory, key=lambda c: (configs.index(next(k for k in configs if k[:2] == c)),)):
-            out.append(f"| {algo} | {steps} | " +
-                       " | ".join(cell(memory[(algo, steps)].get(i), "peak_mb", "memory_vs_higher") for i in impls) + " |")
+            out.append(
+                f"| {algo} | {steps} | "
+                + " | ".join(cell(memory[(algo, steps)].get(i), "peak_mb", "memory_vs_higher") for i in impls)
+                + " |"
+            )
     return "\n".join(out)
 
 

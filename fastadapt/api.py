@@ -9,10 +9,11 @@ The model adapts to the support set exactly as evaluation does (prototypes, MAML
 fine-tuning a new head, ...). Support sets may have any number of classes (within what the
 learner can represent, see `FewShotModel.adapt`) and unequal shots per class.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,8 +35,10 @@ class FewShotModel:
         self.learner.eval()
 
     def __repr__(self) -> str:
-        return (f"FewShotModel({self.config.learner.name} from {self.run_dir}, input {self.input_shape}, "
-                f"trained on {self.config.data.dataset})")
+        return (
+            f"FewShotModel({self.config.learner.name} from {self.run_dir}, input {self.input_shape}, "
+            f"trained on {self.config.data.dataset})"
+        )
 
     @property
     def problem(self) -> str:
@@ -69,11 +72,13 @@ class FewShotModel:
         elif x.is_floating_point():
             x = x.float()
         if x.dim() == 0 or tuple(x.shape[1:]) != self.input_shape:
-            raise FastAdaptError(f"inputs have shape {tuple(x.shape)} but the model takes (N, "
-                                 f"{', '.join(map(str, self.input_shape))}); resize them or pass file paths")
+            raise FastAdaptError(
+                f"inputs have shape {tuple(x.shape)} but the model takes (N, "
+                f"{', '.join(map(str, self.input_shape))}); resize them or pass file paths"
+            )
         return x
 
-    def adapt(self, support: Items, labels: Sequence, adapt_steps: int | None = None) -> "AdaptedTask":
+    def adapt(self, support: Items, labels: Sequence, adapt_steps: int | None = None) -> AdaptedTask:
         """Adapt to a labelled support set: `support` (N items, see `inputs`), `labels` (N,) of any
         hashable values (class names). Classes are ordered by sorted label. `adapt_steps`
         overrides the test-time gradient steps of learners that take them (MAML family,
@@ -89,10 +94,12 @@ class FewShotModel:
             raise FastAdaptError(f"the support set has {len(classes)} class; few-shot classification needs at least 2")
         fixed = self.fixed_ways()
         if fixed is not None and len(classes) != fixed:
-            raise FastAdaptError(f"{self.config.learner.name} in {self.run_dir} was meta-trained {fixed}-way and has "
-                                 f"{fixed} class outputs; give a support set of exactly {fixed} classes (got "
-                                 f"{len(classes)}) or use a learner that takes any number (protonet, matching, "
-                                 f"relation, siamese, baseline)")
+            raise FastAdaptError(
+                f"{self.config.learner.name} in {self.run_dir} was meta-trained {fixed}-way and has "
+                f"{fixed} class outputs; give a support set of exactly {fixed} classes (got "
+                f"{len(classes)}) or use a learner that takes any number (protonet, matching, "
+                f"relation, siamese, baseline)"
+            )
         if adapt_steps is not None:
             if not hasattr(self.learner, "eval_inner_steps"):
                 raise FastAdaptError(f"{self.config.learner.name} takes no test-time gradient steps; drop adapt_steps")
@@ -144,4 +151,5 @@ def load(run_dir: str | Path, data_root: str | Path | None = None) -> FewShotMod
     """A trained run folder as a `FewShotModel` (its selected weights; no training data needed).
     Raises FastAdaptError if the folder is not a finished run."""
     from .trainer import load_run
+
     return FewShotModel(load_run(run_dir, data_root=data_root), Path(run_dir))

@@ -16,6 +16,7 @@ before anything is used; the two newest checkpoints are kept, so a newest one th
 warning in favour of the previous one. Weights files (`best.safetensors` too) carry their own
 checksum and fingerprint in the safetensors metadata, so each can be verified alone.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -97,7 +98,7 @@ def _parse_tensor_file(path: Path, data: bytes) -> tuple[dict[str, torch.Tensor]
     try:
         tensors = load_safetensors(data)
         size = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + size]).get("__metadata__") or {}
+        header = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
     except Exception:  # noqa: BLE001 - untrusted bytes: any parse failure means a bad file
         raise CheckpointError(f"{path} is not a valid safetensors file (truncated or overwritten)") from None
     try:
@@ -135,8 +136,10 @@ def load_weights(path: Path, module: torch.nn.Module, fingerprint: str | None = 
     try:
         tensors, metadata = _parse_tensor_file(path, _read_bytes(path))
         if fingerprint is not None and metadata.get("fingerprint") != fingerprint:
-            raise CheckpointError(f"{path} was written by a run with other settings (fingerprint "
-                                  f"{metadata.get('fingerprint')}, this run's is {fingerprint})")
+            raise CheckpointError(
+                f"{path} was written by a run with other settings (fingerprint "
+                f"{metadata.get('fingerprint')}, this run's is {fingerprint})"
+            )
         _load_into(module, tensors, path)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; restore it from a backup or train the run again") from None
@@ -236,9 +239,11 @@ def refuse_pickles(run_dir: Path) -> None:
     """Old pickled checkpoints can run arbitrary code when loaded: refuse the folder, unread."""
     run_dir = Path(run_dir)
     for path in sorted(run_dir.glob("*.pt")) + sorted((run_dir / "checkpoints").glob("*.pt")):
-        raise FastAdaptError(f"{path} was written by an older fastadapt and may execute code on load, so it "
-                             f"is not loaded; delete {run_dir / 'checkpoints'} to restart the run from "
-                             f"step 0, or finish it with the fastadapt version that wrote it")
+        raise FastAdaptError(
+            f"{path} was written by an older fastadapt and may execute code on load, so it "
+            f"is not loaded; delete {run_dir / 'checkpoints'} to restart the run from "
+            f"step 0, or finish it with the fastadapt version that wrote it"
+        )
 
 
 def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module, state: dict, fingerprint: str) -> None:
@@ -249,8 +254,13 @@ def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module, state: di
     tensors = {f"model/{k}": v for k, v in tensors_of(module).items()}
     encoded = _encode(state, tensors)
     blob = _tensor_file(tensors, {"format": FORMAT, "step": step, "fingerprint": fingerprint})
-    record = {"format": FORMAT, "step": step, "fingerprint": fingerprint,
-              "files": {f"{stem}.safetensors": hashlib.sha256(blob).hexdigest()}, "state": encoded}
+    record = {
+        "format": FORMAT,
+        "step": step,
+        "fingerprint": fingerprint,
+        "files": {f"{stem}.safetensors": hashlib.sha256(blob).hexdigest()},
+        "state": encoded,
+    }
     before = sorted(s for s, kinds in _steps_on_disk(folder).items() if "json" in kinds and s != step)
     committed = False
     try:
@@ -265,7 +275,7 @@ def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module, state: di
         if exc.reason == NO_SPACE:
             raise WriteError(exc.path, exc.reason, f"free space and re-run to resume from step {resume}") from None
         raise
-    keep = {step, *[s for s in before if s < step][-(KEEP - 1):]}
+    keep = {step, *[s for s in before if s < step][-(KEEP - 1) :]}
     for path in folder.glob("step-*"):
         match = _STEP.match(path.name)
         if match and int(match[1]) not in keep:
@@ -282,16 +292,20 @@ def read_checkpoint(folder: Path, step: int, fingerprint: str | None) -> tuple[d
     if record.get("format") != FORMAT or record.get("step") != step:
         raise CheckpointError(f"{record_path} does not describe checkpoint {stem}")
     if fingerprint is not None and record.get("fingerprint") != fingerprint:
-        raise CheckpointError(f"{record_path} was written by a run with other settings (fingerprint "
-                              f"{record.get('fingerprint')}, this run's is {fingerprint})")
+        raise CheckpointError(
+            f"{record_path} was written by a run with other settings (fingerprint "
+            f"{record.get('fingerprint')}, this run's is {fingerprint})"
+        )
     if (record.get("files") or {}).get(weights_path.name) != hashlib.sha256(data).hexdigest():
-        raise CheckpointError(f"{weights_path} is corrupt or from another checkpoint (its SHA-256 is not "
-                              f"the one {record_path.name} records)")
+        raise CheckpointError(
+            f"{weights_path} is corrupt or from another checkpoint (its SHA-256 is not "
+            f"the one {record_path.name} records)"
+        )
     tensors, _ = _parse_tensor_file(weights_path, data)
     state = _decode(record.get("state"), tensors, record_path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{record_path} holds no trainer state")
-    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    model = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
     return state, model
 
 
@@ -314,8 +328,9 @@ def load_checkpoint(run_dir: Path, module: torch.nn.Module, fingerprint: str | N
         problems.append(f"{pointer} names step {named}, whose files are missing")
     if not steps:
         if problems:
-            raise FastAdaptError(f"{problems[0]} and {folder} holds no checkpoint; delete {folder} "
-                                 f"to restart the run from step 0")
+            raise FastAdaptError(
+                f"{problems[0]} and {folder} holds no checkpoint; delete {folder} to restart the run from step 0"
+            )
         return None
     for step in sorted(steps, reverse=True):
         if "json" not in steps[step] and named is not None and step > named:
@@ -327,10 +342,12 @@ def load_checkpoint(run_dir: Path, module: torch.nn.Module, fingerprint: str | N
             problems.append(str(exc))
             continue
         if problems:
-            warnings.warn(f"{'; '.join(problems)}: resuming from step {step}, the newest good checkpoint",
-                          CheckpointWarning, stacklevel=2)
+            warnings.warn(
+                f"{'; '.join(problems)}: resuming from step {step}, the newest good checkpoint",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         return state
     # Name the newest checkpoint's problem rather than latest.json's, when there is one.
     worst = problems[1] if len(problems) > 1 and problems[0].startswith(str(pointer)) else problems[0]
-    raise FastAdaptError(f"no usable checkpoint in {folder}: {worst}; delete {folder} to restart "
-                         f"the run from step 0")
+    raise FastAdaptError(f"no usable checkpoint in {folder}: {worst}; delete {folder} to restart the run from step 0")

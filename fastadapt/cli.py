@@ -2,6 +2,7 @@
 
 User errors (bad settings, missing data, impossible episodes) print one line and exit with 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,25 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastadapt", description="Meta-learning: train, evaluate and compare few-shot learners.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="meta-train a preset or YAML config (resumes an interrupted run)",
-                           description="Meta-train, then evaluate on the fixed test episodes. Running it again "
-                                       "on the same run folder resumes exactly where it stopped.")
-    train.add_argument("config", metavar="PRESET_OR_YAML_OR_RUN_DIR",
-                       help="a preset name (see `fastadapt presets`), a YAML file, or a run folder to resume")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a setting, e.g. --set train.steps=500 (repeatable)")
+    train = sub.add_parser(
+        "train",
+        help="meta-train a preset or YAML config (resumes an interrupted run)",
+        description="Meta-train, then evaluate on the fixed test episodes. Running it again "
+        "on the same run folder resumes exactly where it stopped.",
+    )
+    train.add_argument(
+        "config",
+        metavar="PRESET_OR_YAML_OR_RUN_DIR",
+        help="a preset name (see `fastadapt presets`), a YAML file, or a run folder to resume",
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set train.steps=500 (repeatable)",
+    )
     train.add_argument("--out", type=Path, help="run folder (default: runs/<preset name>)")
     train.add_argument("--data-root", type=Path, help="data folder (default: $FASTADAPT_DATA, then the user cache)")
     train.add_argument("--download", action="store_true", help="fetch missing datasets from their official URLs")
@@ -49,21 +62,41 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--queries", type=int)
     ev.add_argument("--seed", type=int, help="seed of the fixed test episodes (default: the run's eval.seed)")
     ev.add_argument("--adapt-steps", type=int, help="test-time gradient steps (MAML family, fine-tuning baselines)")
-    ev.add_argument("--data", metavar="DATASET",
-                    help="evaluate on another dataset (cross-domain), e.g. --data imagefolder --set data.args.root=DIR")
-    ev.add_argument("--set", dest="data_settings", action="append", default=[], metavar="data.KEY=VALUE",
-                    help="data setting of the evaluation dataset (repeatable)")
+    ev.add_argument(
+        "--data",
+        metavar="DATASET",
+        help="evaluate on another dataset (cross-domain), e.g. --data imagefolder --set data.args.root=DIR",
+    )
+    ev.add_argument(
+        "--set",
+        dest="data_settings",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help="data setting of the evaluation dataset (repeatable)",
+    )
     ev.add_argument("--split", help="split to test on (default: the run's test split; `all` or `test` with --data)")
     ev.add_argument("--data-root", type=Path)
 
-    pr = sub.add_parser("predict", help="adapt a trained run to your labelled support set and label new inputs",
-                        description="Adapt the run's model to SUPPORT exactly as evaluation does, then label every "
-                                    "QUERY: one CSV row per query with the predicted label and each class's probability.")
+    pr = sub.add_parser(
+        "predict",
+        help="adapt a trained run to your labelled support set and label new inputs",
+        description="Adapt the run's model to SUPPORT exactly as evaluation does, then label every "
+        "QUERY: one CSV row per query with the predicted label and each class's probability.",
+    )
     pr.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    pr.add_argument("--support", required=True, metavar="SUPPORT",
-                    help="folder with one sub-folder of images per class, or a CSV of path,label")
-    pr.add_argument("--query", required=True, metavar="QUERY",
-                    help="folder of images, a glob pattern (quote it), or a CSV whose first column is path")
+    pr.add_argument(
+        "--support",
+        required=True,
+        metavar="SUPPORT",
+        help="folder with one sub-folder of images per class, or a CSV of path,label",
+    )
+    pr.add_argument(
+        "--query",
+        required=True,
+        metavar="QUERY",
+        help="folder of images, a glob pattern (quote it), or a CSV whose first column is path",
+    )
     pr.add_argument("--out", type=Path, help="write the predictions CSV here (default: print it)")
     pr.add_argument("--adapt-steps", type=int, help="test-time gradient steps (MAML family, fine-tuning baselines)")
     pr.add_argument("--data-root", type=Path)
@@ -91,7 +124,9 @@ def _train(args) -> int:
     source = Path(args.config)
     if source.is_dir():
         if not (source / "config.yaml").is_file():
-            raise FastAdaptError(f"{source} is a folder without config.yaml; give a preset name, a YAML file or a run folder")
+            raise FastAdaptError(
+                f"{source} is a folder without config.yaml; give a preset name, a YAML file or a run folder"
+            )
         if args.out and args.out.resolve() != source.resolve():
             raise FastAdaptError(f"resuming {source}: --out {args.out} names another folder; drop --out")
         run_dir, raw = source, read_run_config(source)  # binary or damaged: one line naming it
@@ -133,6 +168,7 @@ def _check_same_settings(run_dir: Path, config) -> None:
     """Training again in a run folder continues that run: other settings are an error, not the old result."""
     from .config import config_from_dict
     from .runlock import read_run_config
+
     try:
         existing = config_from_dict(read_run_config(run_dir)).to_dict()
     except FastAdaptError as exc:
@@ -140,19 +176,26 @@ def _check_same_settings(run_dir: Path, config) -> None:
     wanted = config.to_dict()
     if existing != wanted:
         changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
-        raise FastAdaptError(f"run folder {run_dir} holds a run with other settings (differs in: "
-                             f"{', '.join(changed)}); resume it with the same settings or choose a new --out")
+        raise FastAdaptError(
+            f"run folder {run_dir} holds a run with other settings (differs in: "
+            f"{', '.join(changed)}); resume it with the same settings or choose a new --out"
+        )
 
 
 def _check_options(args, names: tuple[str, ...]) -> None:
     """Command-line numbers in range, before anything is loaded."""
-    limits = {"episodes": (1, "an integer >= 1"), "ways": (2, "an integer >= 2"), "shots": (1, "an integer >= 1"),
-              "queries": (1, "an integer >= 1"), "seed": (0, "an integer in 0..4294967294"),
-              "adapt_steps": (1, "an integer >= 1")}
+    limits = {
+        "episodes": (1, "an integer >= 1"),
+        "ways": (2, "an integer >= 2"),
+        "shots": (1, "an integer >= 1"),
+        "queries": (1, "an integer >= 1"),
+        "seed": (0, "an integer in 0..4294967294"),
+        "adapt_steps": (1, "an integer >= 1"),
+    }
     for name in names:
         value = getattr(args, name, None)
         low, allowed = limits[name]
-        if value is not None and (value < low or (name == "seed" and value > 2 ** 32 - 2)):
+        if value is not None and (value < low or (name == "seed" and value > 2**32 - 2)):
             raise FastAdaptError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
 
 
@@ -161,27 +204,42 @@ def _print_result(result: dict) -> None:
     value, ci = result[metric], result["ci95"]
     shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric in PERCENT_METRICS else f"{value:.4f} ± {ci:.4f}"
     task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
-    print(f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
-          f"{result['episodes']} episodes, seed {result['seed']}, BN {result.get('bn_mode', 'none')})")
+    print(
+        f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
+        f"{result['episodes']} episodes, seed {result['seed']}, BN {result.get('bn_mode', 'none')})"
+    )
     if result.get("diverged_episodes"):
         steps = f" after {result['adapt_steps']} steps" if result.get("adapt_steps") else ""
-        print(f"warning: adaptation diverged{steps} (non-finite {metric}) on {result['diverged_episodes']} of "
-              f"{result['episodes']} test episodes; the mean is not finite")
+        print(
+            f"warning: adaptation diverged{steps} (non-finite {metric}) on {result['diverged_episodes']} of "
+            f"{result['episodes']} test episodes; the mean is not finite"
+        )
 
 
 def _eval(args) -> int:
     from .trainer import evaluate_run
+
     _check_options(args, ("episodes", "ways", "shots", "queries", "seed", "adapt_steps"))
-    result = evaluate_run(args.run_dir, ways=args.ways, shots=args.shots, queries=args.queries,
-                          episodes=args.episodes, seed=args.seed, data_root=args.data_root,
-                          adapt_steps=args.adapt_steps, data=args.data, data_settings=args.data_settings,
-                          split=args.split)
+    result = evaluate_run(
+        args.run_dir,
+        ways=args.ways,
+        shots=args.shots,
+        queries=args.queries,
+        episodes=args.episodes,
+        seed=args.seed,
+        data_root=args.data_root,
+        adapt_steps=args.adapt_steps,
+        data=args.data,
+        data_settings=args.data_settings,
+        split=args.split,
+    )
     _print_result(result)
     return 0
 
 
 def _predict(args) -> int:
     from .predict import run_predict
+
     _check_options(args, ("adapt_steps",))
     summary = run_predict(args.run_dir, args.support, args.query, args.out, args.adapt_steps, args.data_root)
     if args.out is None:
@@ -190,42 +248,56 @@ def _predict(args) -> int:
     scored = f"; accuracy against the query labels {100 * summary['accuracy']:.2f}%" if "accuracy" in summary else ""
     where = f" -> {args.out}" if args.out else ""
     n = summary["queries"]
-    print(f"adapted to {summary['support']} support examples of {len(summary['classes'])} classes ({classes}); "
-          f"labelled {n} quer{'y' if n == 1 else 'ies'}{where}{scored}", file=sys.stderr)
+    print(
+        f"adapted to {summary['support']} support examples of {len(summary['classes'])} classes ({classes}); "
+        f"labelled {n} quer{'y' if n == 1 else 'ies'}{where}{scored}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _lake(args) -> int:
     from .lake import lake_benchmark
+
     result = lake_benchmark(args.run_dir, data_root=args.data_root)
-    print(f"Lake 20-run one-shot benchmark: accuracy {100 * result['accuracy']:.2f}% "
-          f"(mean error {result['mean_error']:.2f}% over 20 runs, {result['trials']} trials)")
+    print(
+        f"Lake 20-run one-shot benchmark: accuracy {100 * result['accuracy']:.2f}% "
+        f"(mean error {result['mean_error']:.2f}% over 20 runs, {result['trials']} trials)"
+    )
     if not result["clean"]:
-        print(f"warning: this run trained on split {result['train_split']!r}, which contains characters of "
-              f"the evaluation alphabets the benchmark uses; train on 'background' for a clean score", file=sys.stderr)
+        print(
+            f"warning: this run trained on split {result['train_split']!r}, which contains characters of "
+            f"the evaluation alphabets the benchmark uses; train on 'background' for a clean score",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _presets(args) -> int:
     from .config import load_config, preset_names
+
     for name in preset_names():
         config = load_config(name)
         t = config.train
         episodes = f"{t.episodes.ways}-way " if t.episodes.ways else ""
-        print(f"{name:28s} {config.learner.name:8s} {config.data.dataset:9s} train {episodes}{t.episodes.shots}-shot, "
-              f"{t.steps} steps x {t.meta_batch} | {config.description}")
+        print(
+            f"{name:28s} {config.learner.name:8s} {config.data.dataset:9s} train {episodes}{t.episodes.shots}-shot, "
+            f"{t.steps} steps x {t.meta_batch} | {config.description}"
+        )
     return 0
 
 
 def _results(args) -> int:
     from .results import results_table
     from .utils import atomic_write_text
+
     table = results_table(args.run_dirs)
     print(table, end="")
     if args.out:
         atomic_write_text(args.out, table)
     if args.plot:
         from .results import results_plot
+
         results_plot(args.run_dirs, args.plot)
     return 0
 
@@ -238,9 +310,17 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import warnings
+
     warnings.formatwarning = _one_line_warning
     args = _parser().parse_args(argv)
-    handler = {"train": _train, "eval": _eval, "predict": _predict, "lake": _lake, "presets": _presets, "results": _results}[args.command]
+    handler = {
+        "train": _train,
+        "eval": _eval,
+        "predict": _predict,
+        "lake": _lake,
+        "presets": _presets,
+        "results": _results,
+    }[args.command]
     # SIGTERM (kill, a batch scheduler's time limit) stops like Ctrl-C: one line, files intact.
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
@@ -271,6 +351,7 @@ def _run_folder_lock(args):
     """`eval` and `lake` write into a run folder: hold its lock (train's is taken by fit)."""
     if args.command in ("eval", "lake") and (args.run_dir / "config.yaml").is_file():
         from .runlock import run_lock
+
         return run_lock(args.run_dir)
     return contextlib.nullcontext()
 

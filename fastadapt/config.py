@@ -3,6 +3,7 @@
 A config is a tree of dataclasses, so a typo (`train.stpes`) or a wrong type is a clear one-line
 error naming the key, instead of a silently ignored setting.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,7 @@ import yaml
 
 from .errors import FastAdaptError
 
-
-SEED_MAX = 2 ** 32 - 1  # numpy's seed range
+SEED_MAX = 2**32 - 1  # numpy's seed range
 LR_MAX = 1e38  # torch's optimisers hold the lr as float32 (max 3.4e38): larger ones raise
 
 
@@ -28,6 +28,7 @@ LR_MAX = 1e38  # torch's optimisers hold the lr as float32 (max 3.4e38): larger 
 class Range:
     """The valid values of a numeric setting: `low`..`high` (None: unbounded), each end open or
     closed; `null` (a text) when None is also allowed, and what it means. Numbers are finite."""
+
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -46,8 +47,11 @@ class Range:
     def describe(self, kind: type) -> str:
         noun = "an integer" if kind is int else "a finite number"
         if self.low is not None and self.high is not None:
-            text = (f"{noun} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-                    if kind is float else f"{noun} in {self.low}..{self.high}")
+            text = (
+                f"{noun} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+                if kind is float
+                else f"{noun} in {self.low}..{self.high}"
+            )
         elif self.low is not None:
             text = f"{noun} {'>' if self.low_open else '>='} {self.low:g}"
         elif self.high is not None:
@@ -76,7 +80,9 @@ class DataConfig:
     dataset: str = "omniglot"
     image_size: int = ranged(28, 1, 4096)  # the backbone sets its own floor (conv4: 2 ** pooled_blocks)
     train_split: str = matching("train", SPLIT, "a split name")
-    val_split: str | None = matching("val", SPLIT, "a split name or null")  # None: no validation, the last checkpoint is the result
+    val_split: str | None = matching(
+        "val", SPLIT, "a split name or null"
+    )  # None: no validation, the last checkpoint is the result
     test_split: str = matching("test", SPLIT, "a split name")
     args: dict[str, Any] = field(default_factory=dict)  # the dataset's own settings (its `Args` dataclass)
 
@@ -178,8 +184,9 @@ def _check_field(f: dataclasses.Field, hint, value, where: str):
             pass
         except OverflowError:
             number = math.inf
-    typed = (number is None or (isinstance(number, (int, float) if kind is float else int)
-                                and not isinstance(number, bool)))
+    typed = number is None or (
+        isinstance(number, (int, float) if kind is float else int) and not isinstance(number, bool)
+    )
     if not typed:
         prefix = "int (" + limits.describe(int) + ")" if kind is int else limits.describe(float)
         raise FastAdaptError(f"{where} must be {prefix}, got {shown}")
@@ -221,8 +228,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return float(value)  # YAML reads 1e-3 as a string
         except ValueError:
             pass
-    if hint in (int, str, bool, float) and not (isinstance(value, hint) and
-                                                 not (hint is int and isinstance(value, bool))):
+    if hint in (int, str, bool, float) and not (
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
         raise FastAdaptError(f"{where} must be {hint.__name__}, got {value!r}")
     return value
 
@@ -262,9 +270,11 @@ def _read_yaml(text: str, where: str, file: bool = False) -> dict:
     except yaml.YAMLError as exc:
         raise FastAdaptError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if file and not values:
-        raise FastAdaptError(f"{where} is empty; a config needs at least its parts (e.g. learner: {{name: protonet}}, "
-                             f"model: {{backbone: conv4}}, data: {{dataset: omniglot}}); see a preset with "
-                             f"`fastadapt presets`")
+        raise FastAdaptError(
+            f"{where} is empty; a config needs at least its parts (e.g. learner: {{name: protonet}}, "
+            f"model: {{backbone: conv4}}, data: {{dataset: omniglot}}); see a preset with "
+            f"`fastadapt presets`"
+        )
     if not isinstance(values, dict):
         raise FastAdaptError(f"{where} must hold a mapping of settings at top level")
     return values
@@ -275,20 +285,24 @@ def load_raw(preset_or_path: str) -> dict:
     path = Path(preset_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise FastAdaptError(f"config file {path} does not exist; give a preset name "
-                                 f"({', '.join(preset_names())}) or a YAML path")
+            raise FastAdaptError(
+                f"config file {path} does not exist; give a preset name ({', '.join(preset_names())}) or a YAML path"
+            )
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            raise FastAdaptError(f"{path} is not a YAML text file (not UTF-8: binary or damaged); "
-                                 f"give a preset name or a YAML config") from None
+            raise FastAdaptError(
+                f"{path} is not a YAML text file (not UTF-8: binary or damaged); give a preset name or a YAML config"
+            ) from None
         except OSError as exc:
             raise FastAdaptError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         return _read_yaml(text, str(path), file=True)
     resource = resources.files("fastadapt.presets") / f"{preset_or_path}.yaml"
     if not resource.is_file():
-        raise FastAdaptError(f"no preset or file named {preset_or_path!r}; presets: "
-                             f"{', '.join(preset_names())} (see `fastadapt presets`)")
+        raise FastAdaptError(
+            f"no preset or file named {preset_or_path!r}; presets: "
+            f"{', '.join(preset_names())} (see `fastadapt presets`)"
+        )
     return _read_yaml(resource.read_text(), f"preset {preset_or_path}")
 
 

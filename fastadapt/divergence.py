@@ -1,9 +1,10 @@
 """Divergence checks for the trainer: training stops at the first non-finite loss, gradient or
 weight, before anything non-finite is applied or written over a good checkpoint (issue 14, 3)."""
+
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -16,8 +17,11 @@ def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     tensors = [t.detach() for t in tensors if t is not None and t.is_floating_point()]
     if not tensors:
         return True
-    norms = (torch._foreach_norm(tensors) if hasattr(torch, "_foreach_norm")
-             else [torch.linalg.vector_norm(t) for t in tensors])
+    norms = (
+        torch._foreach_norm(tensors)
+        if hasattr(torch, "_foreach_norm")
+        else [torch.linalg.vector_norm(t) for t in tensors]
+    )
     return bool(torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).all())
 
 
@@ -27,10 +31,15 @@ class DivergedError(FastAdaptError):
 
 def diverged(step: int, what: str, last_checkpoint: int | None, run_dir, lr: float) -> DivergedError:
     """The one-line error: where it diverged, what is kept, and what to change."""
-    kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {run_dir}/checkpoints"
-            if last_checkpoint is not None else "no checkpoint had been written yet")
-    return DivergedError(f"training diverged at step {step} (non-finite {what}); {kept}; lower train.lr "
-                         f"(now {lr:g}) and re-run with a new --out")
+    kept = (
+        f"the last good checkpoint (step {last_checkpoint}) is kept in {run_dir}/checkpoints"
+        if last_checkpoint is not None
+        else "no checkpoint had been written yet"
+    )
+    return DivergedError(
+        f"training diverged at step {step} (non-finite {what}); {kept}; lower train.lr "
+        f"(now {lr:g}) and re-run with a new --out"
+    )
 
 
 def check_losses(task_metrics: list[dict]) -> bool:
@@ -48,6 +57,7 @@ def check_step(learner: torch.nn.Module, run_dir, lr: float, step: int, task_met
         what = "loss/gradient"
     if not ok:
         from .checkpoint import latest_step
+
         raise diverged(step, what, latest_step(run_dir), run_dir, lr)
 
 
@@ -55,12 +65,15 @@ def require_finite_weights(module: torch.nn.Module, path) -> None:
     """Refuse to write non-finite weights to `path` (second line of defence behind the per-step
     checks): the file already there, a good checkpoint or best.safetensors, is kept."""
     if not all_finite(module.state_dict().values()):
-        raise DivergedError(f"the model's weights are not finite, so {path} was not written (the previous "
-                            f"file is kept); lower train.lr and re-run with a new --out")
+        raise DivergedError(
+            f"the model's weights are not finite, so {path} was not written (the previous "
+            f"file is kept); lower train.lr and re-run with a new --out"
+        )
 
 
 def save_finite_weights(path, module: torch.nn.Module, metadata: dict) -> None:
     """`checkpoint.save_weights`, refusing non-finite weights (see require_finite_weights)."""
     from .checkpoint import save_weights
+
     require_finite_weights(module, path)
     save_weights(path, module, metadata)

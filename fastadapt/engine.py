@@ -15,6 +15,7 @@ The choice is made by measurement, per device (see benchmarks/maml_speed.py):
 Every engine returns the gradient of the mean task loss, summed in a fixed order, so a run
 is reproducible (bitwise, for a fixed engine, worker count and chunk size).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -24,7 +25,7 @@ import signal
 import sys
 import traceback
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -49,7 +50,9 @@ def _accumulate_shard(learner: Learner, tasks: Sequence[Episode], scale: float) 
 class SerialEngine:
     name = "serial"
 
-    def meta_gradient(self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None) -> Metrics:
+    def meta_gradient(
+        self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None
+    ) -> Metrics:
         """Fill `.grad` of the learner's parameters with the gradient of the mean task loss.
         `progress` = (step, total steps) is handed to `learner.on_step` first."""
         if progress is not None:
@@ -120,8 +123,10 @@ class ForkEngine:
 
     def __init__(self, learner: Learner, workers: int):
         if not learner.stateless:
-            raise FastAdaptError("engine 'fork' needs a stateless learner (no BatchNorm running "
-                                 "averages); set train.engine=serial or use bn: transductive")
+            raise FastAdaptError(
+                "engine 'fork' needs a stateless learner (no BatchNorm running "
+                "averages); set train.engine=serial or use bn: transductive"
+            )
         if any(p.device.type != "cpu" for p in learner.parameters()):
             raise FastAdaptError("engine 'fork' runs on CPU only; set train.engine=serial for GPUs")
         self.workers = workers
@@ -133,18 +138,19 @@ class ForkEngine:
             buffers = [torch.zeros_like(p).share_memory_() for p in self.params]
             parent_end, child_end = ctx.Pipe()
             foreign = [parent_end] + [conn for _, conn, _ in self.children]
-            process = ctx.Process(target=_worker, args=(child_end, learner, buffers, os.getpid(), foreign),
-                                  daemon=True)
+            process = ctx.Process(target=_worker, args=(child_end, learner, buffers, os.getpid(), foreign), daemon=True)
             process.start()
             child_end.close()
             self.children.append((process, parent_end, buffers))
         self.learner = learner
 
-    def meta_gradient(self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None) -> Metrics:
+    def meta_gradient(
+        self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None
+    ) -> Metrics:
         if learner is not self.learner:
             raise ValueError("this ForkEngine was built for another learner")
         scale = 1.0 / len(tasks)
-        shards = [list(tasks[i::self.workers]) for i in range(self.workers)]
+        shards = [list(tasks[i :: self.workers]) for i in range(self.workers)]
         for (_, conn, _), shard in zip(self.children, shards[1:]):
             conn.send((shard, scale, progress))
         if progress is not None:
@@ -162,9 +168,11 @@ class ForkEngine:
                 status, payload = conn.recv()
             except (EOFError, OSError):
                 process.join(timeout=1)
-                raise FastAdaptError(f"a fork-engine worker died (exit code {process.exitcode}; -9 is often "
-                                     f"the kernel killing it for memory); set fewer train.workers or "
-                                     f"train.engine=serial, and re-run to resume") from None
+                raise FastAdaptError(
+                    f"a fork-engine worker died (exit code {process.exitcode}; -9 is often "
+                    f"the kernel killing it for memory); set fewer train.workers or "
+                    f"train.engine=serial, and re-run to resume"
+                ) from None
             if status != "ok":
                 errors.append(payload)
                 continue
@@ -179,7 +187,7 @@ class ForkEngine:
         # Report metrics in task order, whatever the sharding.
         ordered: Metrics = [{}] * len(tasks)
         for w, shard in enumerate(shard_metrics):
-            ordered[w::self.workers] = shard
+            ordered[w :: self.workers] = shard
         return ordered
 
     def close(self) -> None:
@@ -202,8 +210,10 @@ def stack_tasks(tasks: Sequence[Episode]) -> tuple[torch.Tensor, ...]:
     fields = ("support_x", "support_y", "query_x", "query_y")
     shapes = {tuple(tuple(getattr(t, f).shape) for f in fields) for t in tasks}
     if len(shapes) != 1:
-        raise FastAdaptError("engine 'vmap' needs episodes of equal shapes within a meta-batch (same ways, "
-                             "shots and queries); set train.engine=serial for ragged tasks")
+        raise FastAdaptError(
+            "engine 'vmap' needs episodes of equal shapes within a meta-batch (same ways, "
+            "shots and queries); set train.engine=serial for ragged tasks"
+        )
     return tuple(torch.stack([getattr(t, f) for t in tasks]) for f in fields)
 
 
@@ -222,11 +232,15 @@ class VmapEngine:
 
     def __init__(self, learner: Learner, chunk_size: int = 0, compile: bool = False):
         if not callable(getattr(learner, "batched_task_loss", None)):
-            raise FastAdaptError(f"engine 'vmap' needs a learner with batched_task_loss (the MAML family); "
-                                 f"{type(learner).__name__} has none; set train.engine=serial or auto")
+            raise FastAdaptError(
+                f"engine 'vmap' needs a learner with batched_task_loss (the MAML family); "
+                f"{type(learner).__name__} has none; set train.engine=serial or auto"
+            )
         if not learner.stateless:
-            raise FastAdaptError("engine 'vmap' needs a stateless learner (no BatchNorm running averages); "
-                                 "set model.backbone_args.bn=transductive or train.engine=serial")
+            raise FastAdaptError(
+                "engine 'vmap' needs a stateless learner (no BatchNorm running averages); "
+                "set model.backbone_args.bn=transductive or train.engine=serial"
+            )
         if chunk_size < 0:
             raise FastAdaptError(f"train.chunk_size must be >= 0 (0 = the whole meta-batch), got {chunk_size}")
         self.chunk_size = chunk_size
@@ -249,13 +263,18 @@ class VmapEngine:
             for p, grad in zip(params, saved):
                 p.grad = grad  # undo what a failed backward may have accumulated
             reason = " ".join([line.strip() for line in str(exc).splitlines() if line.strip()][:2])[:300]
-            warnings.warn(f"train.compile: torch.compile failed on batched_task_loss ({type(exc).__name__}: "
-                          f"{reason}); running it eagerly. Set train.compile=false to silence this.",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"train.compile: torch.compile failed on batched_task_loss ({type(exc).__name__}: "
+                f"{reason}); running it eagerly. Set train.compile=false to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             self.compiled_loss = None
             return self._chunk(self.learner.batched_task_loss, tensors, total)
 
-    def meta_gradient(self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None) -> Metrics:
+    def meta_gradient(
+        self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None
+    ) -> Metrics:
         if learner is not self.learner:
             raise ValueError("this VmapEngine was built for another learner")
         if progress is not None:
@@ -264,7 +283,7 @@ class VmapEngine:
         size = self.chunk_size or len(tasks)
         losses = []
         for start in range(0, len(tasks), size):
-            chunk = tuple(t[start:start + size] for t in stacked)
+            chunk = tuple(t[start : start + size] for t in stacked)
             if self.compiled_loss is not None:
                 losses.append(self._compiled_chunk(chunk, len(tasks)))
             else:
@@ -278,16 +297,26 @@ class VmapEngine:
 def vmap_ready(learner: Learner) -> bool:
     """Whether `batched_task_loss` can run this learner (what the MAML family refuses under vmap:
     BatchNorm running averages, NHWC modules, checkpointed inner loops)."""
-    return (callable(getattr(learner, "batched_task_loss", None)) and learner.stateless
-            and not getattr(learner, "checkpoint_inner", False)
-            and not any(getattr(m, "channels_last", False) for m in learner.modules()))
+    return (
+        callable(getattr(learner, "batched_task_loss", None))
+        and learner.stateless
+        and not getattr(learner, "checkpoint_inner", False)
+        and not any(getattr(m, "channels_last", False) for m in learner.modules())
+    )
 
 
 ENGINES = ("auto", "serial", "fork", "vmap")
 
 
-def make_engine(name: str, learner: Learner, device: torch.device, meta_batch: int, workers: int = 0,
-                chunk_size: int = 0, compile: bool = False):
+def make_engine(
+    name: str,
+    learner: Learner,
+    device: torch.device,
+    meta_batch: int,
+    workers: int = 0,
+    chunk_size: int = 0,
+    compile: bool = False,
+):
     """Pick the engine. `auto`: on CUDA the vmap engine for learners that can run batched (the
     serial loop for the others); on a multi-core CPU worker processes for stateless learners with
     a meta-batch of at least two tasks; the serial loop everywhere else. `chunk_size` and
@@ -302,8 +331,9 @@ def make_engine(name: str, learner: Learner, device: torch.device, meta_batch: i
             use_fork = device.type == "cpu" and learner.stateless and meta_batch >= 2 and workers >= 2
             name = "fork" if use_fork else "serial"
     if compile and name != "vmap":
-        warnings.warn(f"train.compile applies to the vmap engine only; engine {name!r} runs eagerly",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"train.compile applies to the vmap engine only; engine {name!r} runs eagerly", RuntimeWarning, stacklevel=2
+        )
     if name == "vmap":
         return VmapEngine(learner, chunk_size, compile)
     if name == "fork":

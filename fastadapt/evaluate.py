@@ -3,11 +3,12 @@
 The interval is the one the few-shot literature reports: mean +- 1.96 * s / sqrt(n), with s the
 sample standard deviation (ddof=1) of the per-episode metric over the n fixed test episodes.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -24,8 +25,7 @@ def ci95(values: Sequence[float]) -> float:
     return float(1.96 * values.std(ddof=1) / math.sqrt(values.size))
 
 
-def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device,
-             progress=None) -> dict:
+def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device, progress=None) -> dict:
     """Mean and 95% CI of the learner's query metric over `episodes` (in eval mode)."""
     was_training = learner.training
     learner.eval()
@@ -43,15 +43,27 @@ def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device
     # A diverged adaptation (e.g. more test-time steps than a learned step size tolerates) gives
     # a non-finite metric; the mean then stays non-finite, and the count says how many diverged.
     nonfinite = int(np.sum(~np.isfinite(values)))
-    return {"metric": learner.primary_metric, "mean": float(np.mean(values)), "ci95": ci95(values),
-            "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
-            "episodes": len(values), "nonfinite": nonfinite, "seconds": time.perf_counter() - started}
+    return {
+        "metric": learner.primary_metric,
+        "mean": float(np.mean(values)),
+        "ci95": ci95(values),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
+        "episodes": len(values),
+        "nonfinite": nonfinite,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 #: Every metric a learner may report as its primary one, and whether higher is better. Checkpoint
 #: selection, the results table and the CLI read the direction from here.
-METRICS: dict[str, bool] = {"accuracy": True, "mse": False, "return": True, "f1": True,
-                            "log_likelihood": True, "success_rate": True}
+METRICS: dict[str, bool] = {
+    "accuracy": True,
+    "mse": False,
+    "return": True,
+    "f1": True,
+    "log_likelihood": True,
+    "success_rate": True,
+}
 
 
 def higher_is_better(metric: str) -> bool:

@@ -3,6 +3,7 @@
 The data root is read-only as far as fastadapt is concerned (it may be a shared folder), so
 derived files (decoded image caches) go to a separate, writable cache directory.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ a CSV of `path,label` rows. QUERY is a folder (every image below it), a glob pat
 whose first column is the path (a `label` column, if present, is used only to report accuracy).
 Relative paths in a CSV are relative to the CSV's folder.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,13 @@ def _hidden(name: str) -> bool:
 
 
 def _images_below(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(_hidden(part) for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(_hidden(part) for part in p.relative_to(folder).parts)
+    )
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[dict], list[str]]:
@@ -50,7 +56,9 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[dict], list[st
         names, first = list(columns), 1
     missing = [c for c in columns if c not in names]
     if missing:
-        raise FastAdaptError(f"{path}: no {missing[0]!r} column (header: {','.join(header)}); expected {','.join(columns)}")
+        raise FastAdaptError(
+            f"{path}: no {missing[0]!r} column (header: {','.join(header)}); expected {','.join(columns)}"
+        )
     out = []
     for line, row in enumerate(rows, start=first):
         if len(row) < len(names) and any(names.index(c) >= len(row) for c in columns):
@@ -58,8 +66,11 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> tuple[list[dict], list[st
         record = {n: row[i].strip() for i, n in enumerate(names) if i < len(row)}
         if not record[columns[0]]:
             raise FastAdaptError(f"{path}:{line}: empty {columns[0]}")
-        record[columns[0]] = str((path.parent / record[columns[0]]) if not Path(record[columns[0]]).is_absolute()
-                                 else Path(record[columns[0]]))
+        record[columns[0]] = str(
+            (path.parent / record[columns[0]])
+            if not Path(record[columns[0]]).is_absolute()
+            else Path(record[columns[0]])
+        )
         out.append(record)
     return out, names
 
@@ -76,8 +87,10 @@ def read_support(spec: str | Path) -> tuple[list[str], list[str]]:
     if spec.is_dir():
         classes = sorted(d for d in spec.iterdir() if d.is_dir() and not _hidden(d.name))
         if not classes:
-            raise FastAdaptError(f"support folder {spec} has no class sub-folders; put each class's images in "
-                                 f"{spec}/<class name>/ or give a path,label CSV")
+            raise FastAdaptError(
+                f"support folder {spec} has no class sub-folders; put each class's images in "
+                f"{spec}/<class name>/ or give a path,label CSV"
+            )
         paths, labels = [], []
         for folder in classes:
             images = _images_below(folder)
@@ -132,16 +145,19 @@ def write_predictions(out: Path | None, paths: list[str], predicted: list, class
     return text
 
 
-def run_predict(run_dir: Path, support: str, query: str, out: Path | None, adapt_steps: int | None,
-                data_root=None) -> dict:
+def run_predict(
+    run_dir: Path, support: str, query: str, out: Path | None, adapt_steps: int | None, data_root=None
+) -> dict:
     """The `fastadapt predict` command: returns a summary (counts, accuracy when query labels are given)."""
     from .api import load
+
     paths, labels = read_support(support)
     queries, truth = read_queries(query)
     model = load(run_dir, data_root=data_root)
     if model.problem != "classification":
-        raise FastAdaptError(f"{run_dir} is a {model.problem} run; `fastadapt predict` labels images with a "
-                             f"classification run")
+        raise FastAdaptError(
+            f"{run_dir} is a {model.problem} run; `fastadapt predict` labels images with a classification run"
+        )
     task = model.adapt(paths, labels, adapt_steps=adapt_steps)
     proba = task.predict_proba(queries)
     predicted = [task.classes[i] for i in proba.argmax(1)]

@@ -1,4 +1,5 @@
 """Training progress: a rich progress bar on a terminal, plain log lines elsewhere (CI logs)."""
+
 from __future__ import annotations
 
 import sys
@@ -10,13 +11,28 @@ class Progress:
         self.interactive = enabled and sys.stderr.isatty()
         self._bar = None
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         if self.interactive:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, \
-                TextColumn, TimeElapsedColumn, TimeRemainingColumn
-            self._bar = RichProgress(TextColumn("[bold]meta-train"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
-                                     transient=False)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
+
+            self._bar = RichProgress(
+                TextColumn("[bold]meta-train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+                transient=False,
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task("", total=self.total, completed=self.done)
         return self

@@ -3,9 +3,11 @@
 Registration happens at import time of the defining module (a decorator next to the class),
 and `fastadapt/__init__.py` imports the built-in modules, so a preset can name any of them.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from .errors import FastAdaptError
 
@@ -24,14 +26,16 @@ class Registry(Generic[T]):
                     raise ValueError(f"{self.kind} {name!r} is registered twice")
                 self._entries[name] = obj
             return obj
+
         return add
 
     def get(self, name: str) -> T:
         try:
             return self._entries[name]
         except KeyError:
-            raise FastAdaptError(f"unknown {self.kind} {name!r}; choose one of: "
-                                 f"{', '.join(sorted(self._entries))}") from None
+            raise FastAdaptError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._entries))}"
+            ) from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

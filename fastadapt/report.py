@@ -1,4 +1,5 @@
 """Run-folder outputs a person reads: metrics.csv and the learning-curve plot."""
+
 from __future__ import annotations
 
 import csv
@@ -21,6 +22,7 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
 
 def plot_learning_curve(path: Path, history: list[dict], metric: str, title: str, train_label: str = "") -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

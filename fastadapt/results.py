@@ -1,11 +1,11 @@
 """Results table (markdown) generated from run folders, so reported numbers come from runs."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .errors import FastAdaptError
-
 
 _NUMBER = (int, float)
 #: Keys every result file must hold (the metric's own value is checked besides).
@@ -111,8 +111,10 @@ def _row(r: dict) -> str:
     machine = f"{r['machine']['cores']}-core {r['machine']['device']}" if r.get("machine") else "–"
     minutes = (r.get("train_seconds") or 0) / 60
     if "benchmark" in r:  # Lake: 400 trials, scored as Lake's demo (no CI); training as in the run's eval.json
-        return (f"| {r['method']} | {r['benchmark']} | {100 * r['accuracy']:.2f} | – | {r.get('train_steps', '–')} | "
-                f"{minutes:.1f} | {machine} | {preset} | {r['run']} |")
+        return (
+            f"| {r['method']} | {r['benchmark']} | {100 * r['accuracy']:.2f} | – | {r.get('train_steps', '–')} | "
+            f"{minutes:.1f} | {machine} | {preset} | {r['run']} |"
+        )
     task = _benchmark(r)
     metric = r.get("metric") or ("accuracy" if "accuracy" in r else "mse")
     percent = metric in ("accuracy", "success_rate", "f1")
@@ -126,21 +128,26 @@ def _row(r: dict) -> str:
         value = f"{metric} {value}"
     reference = r.get("reference", {}).get(metric)
     reference = "–" if reference is None else (f"{100 * reference:.1f}" if percent else f"{reference}")
-    return (f"| {r['method']} | {task} ({r['episodes']} ep.) | {value} | {reference} | "
-            f"{r['train_steps']} | {minutes:.1f} | {machine} | {preset} | {r['run']} |")
+    return (
+        f"| {r['method']} | {task} ({r['episodes']} ep.) | {value} | {reference} | "
+        f"{r['train_steps']} | {minutes:.1f} | {machine} | {preset} | {r['run']} |"
+    )
 
 
 def results_table(run_dirs: list[str | Path]) -> str:
     """Markdown table: method, benchmark, metric ± 95% CI (accuracy in %, or MSE), paper value,
     training steps, training minutes, machine, preset and run folder."""
-    header = ("| method | benchmark | result ± 95% CI | paper | steps | train min | machine | preset and overrides | run |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    header = (
+        "| method | benchmark | result ± 95% CI | paper | steps | train min | machine | preset and overrides | run |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
     return "\n".join([header] + [_row(r) for r in _records([Path(d) for d in run_dirs])]) + "\n"
 
 
 def results_plot(run_dirs: list[str | Path], path: str | Path) -> None:
     """One panel per classification benchmark: accuracy ± 95% CI per run, the paper's value as a tick."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -150,8 +157,9 @@ def results_plot(run_dirs: list[str | Path], path: str | Path) -> None:
     if not records:
         raise FastAdaptError("no classification results in these run folders to plot")
     benchmarks = sorted({_benchmark(r) for r in records})
-    fig, axes = plt.subplots(1, len(benchmarks), figsize=(5.5 * len(benchmarks), 0.45 * len(records) + 1.8),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(benchmarks), figsize=(5.5 * len(benchmarks), 0.45 * len(records) + 1.8), squeeze=False
+    )
     for ax, bench in zip(axes[0], benchmarks):
         rows = sorted((r for r in records if _benchmark(r) == bench), key=lambda r: r["accuracy"])
         labels = [f"{r['method']} ({Path(r['run']).name})" for r in rows]

@@ -8,6 +8,7 @@
 - `remove_stale_temp_files`: the `.*.tmp` files of writes cut short by a kill.
 - `read_run_config`: `config.yaml` of a run folder, every way of being unreadable one line.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -72,8 +73,10 @@ def run_lock(run_dir: str | Path):
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        raise FastAdaptError(f"{run_dir} is in use by {holder} (lock {path}); wait for it to finish or "
-                             f"stop it, or use another run folder") from None
+        raise FastAdaptError(
+            f"{run_dir} is in use by {holder} (lock {path}); wait for it to finish or "
+            f"stop it, or use another run folder"
+        ) from None
     except OSError:  # a file system without flock: run unlocked rather than not at all
         pass
     os.ftruncate(fd, 0)
@@ -91,8 +94,9 @@ def process_start_time() -> float:
     """When this process started (Linux: /proc; elsewhere: when this module was imported)."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return _IMPORTED
@@ -124,8 +128,9 @@ def read_run_config(run_dir: str | Path) -> dict:
     try:
         values = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise FastAdaptError(f"{run_dir} is not a run folder (no config.yaml); give the --out folder "
-                             f"of a `fastadapt train` run") from None
+        raise FastAdaptError(
+            f"{run_dir} is not a run folder (no config.yaml); give the --out folder of a `fastadapt train` run"
+        ) from None
     except OSError as exc:
         raise FastAdaptError(f"cannot read {path} ({exc.strerror}); {fix}") from None
     except UnicodeDecodeError:

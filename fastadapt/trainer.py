@@ -5,6 +5,7 @@ checkpoint holds everything else that changes during training (weights, optimise
 RNG states, the partial logging window, history, best score). A run resumed from any checkpoint
 ends with the same weights and metrics as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ import yaml
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, settings_fingerprint
 from .config import Config, config_from_dict
+from .data import build_suite
 from .divergence import check_step, require_finite_weights, save_finite_weights
 from .engine import make_engine
 from .errors import FastAdaptError
@@ -29,7 +31,6 @@ from .progress import Progress
 from .registry import BACKBONES, DATASETS, LEARNERS
 from .report import plot_learning_curve, write_metrics_csv
 from .runlock import read_run_config, remove_stale_temp_files, run_lock
-from .data import build_suite
 from .utils import atomic_write_text, machine_info, resolve_device
 
 
@@ -60,8 +61,14 @@ def _optimizer(params, cfg) -> torch.optim.Optimizer:
 
 
 class Trainer:
-    def __init__(self, config: Config, run_dir: str | Path, data_root: str | Path | None = None,
-                 quiet: bool = False, download: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        data_root: str | Path | None = None,
+        quiet: bool = False,
+        download: bool = False,
+    ):
         self.config, self.run_dir, self.data_root, self.quiet = config, Path(run_dir), data_root, quiet
         _validate(config)
         _seed_everything(config.seed)
@@ -72,15 +79,24 @@ class Trainer:
             channels_last = self.device.type == "cpu"
         # A trained run records its model's input shape, so loading it (eval on other data,
         # predict) needs neither its training data nor a pass over it.
-        shape = _read_model_info(self.run_dir) or {"input_shape": self.suite.input_shape,
-                                                   "num_train_classes": self.suite.num_train_classes}
+        shape = _read_model_info(self.run_dir) or {
+            "input_shape": self.suite.input_shape,
+            "num_train_classes": self.suite.num_train_classes,
+        }
         self.model_info = {"input_shape": list(shape["input_shape"]), "num_train_classes": shape["num_train_classes"]}
-        self.learner = build_learner(config, tuple(shape["input_shape"]), channels_last,
-                                     shape["num_train_classes"]).to(self.device)
+        self.learner = build_learner(config, tuple(shape["input_shape"]), channels_last, shape["num_train_classes"]).to(
+            self.device
+        )
         self.optimizer = _optimizer(self.learner.parameters(), config.train)
         self.scheduler = _scheduler(self.optimizer, config.train)
-        self.state = {"step": 0, "history": [], "best": None, "best_step": None, "elapsed": 0.0,
-                      "window": {"n": 0, "loss": 0.0, "metric": 0.0}}
+        self.state = {
+            "step": 0,
+            "history": [],
+            "best": None,
+            "best_step": None,
+            "elapsed": 0.0,
+            "window": {"n": 0, "loss": 0.0, "metric": 0.0},
+        }
 
     # -- run folder -------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -94,18 +110,25 @@ class Trainer:
                 raise FastAdaptError(f"{config_path}: {exc}") from None
             if existing != wanted:
                 changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
-                raise FastAdaptError(f"run folder {self.run_dir} holds a run with other settings "
-                                     f"(differs in: {', '.join(changed)}); resume it with the same "
-                                     f"settings or choose a new --out")
+                raise FastAdaptError(
+                    f"run folder {self.run_dir} holds a run with other settings "
+                    f"(differs in: {', '.join(changed)}); resume it with the same "
+                    f"settings or choose a new --out"
+                )
         else:
             # A folder that is not a run folder (and not empty) is the user's, e.g. their data:
             # never write a run into it.
-            other = sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith(".")) \
-                if self.run_dir.is_dir() else []
+            other = (
+                sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith("."))
+                if self.run_dir.is_dir()
+                else []
+            )
             if other:
-                raise FastAdaptError(f"--out {self.run_dir} is a folder with other files ({', '.join(other[:3])}"
-                                     f"{' ...' if len(other) > 3 else ''}) and no config.yaml, so it is not a run "
-                                     f"folder; give a new or empty folder")
+                raise FastAdaptError(
+                    f"--out {self.run_dir} is a folder with other files ({', '.join(other[:3])}"
+                    f"{' ...' if len(other) > 3 else ''}) and no config.yaml, so it is not a run "
+                    f"folder; give a new or empty folder"
+                )
             atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
 
     @property
@@ -125,15 +148,20 @@ class Trainer:
             np.random.set_state(rng["numpy"])
             torch.set_rng_state(rng["torch"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise FastAdaptError(f"the checkpoint in {self.run_dir / 'checkpoints'} holds unusable trainer state "
-                                 f"({type(exc).__name__}); delete that folder to restart the run from step 0") from None
+            raise FastAdaptError(
+                f"the checkpoint in {self.run_dir / 'checkpoints'} holds unusable trainer state "
+                f"({type(exc).__name__}); delete that folder to restart the run from step 0"
+            ) from None
         self.state = state
         self._log(f"resumed {self.run_dir} at step {state['step']}")
 
     def _checkpoint(self) -> None:
-        state = dict(self.state, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                     rng={"python": random.getstate(), "numpy": np.random.get_state(),
-                          "torch": torch.get_rng_state()})
+        state = dict(
+            self.state,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        )
         require_finite_weights(self.learner, self.run_dir / "checkpoints")  # never over a good one
         save_checkpoint(self.run_dir, self.state["step"], self.learner, state, self.fingerprint)
 
@@ -160,12 +188,22 @@ class Trainer:
         val_set = None
         if self.config.data.val_split:
             e = self.config.eval
-            val_set = self.suite.fixed_set(self.config.data.val_split, e.ways, e.shots, e.queries,
-                                           cfg.val_episodes, e.seed + 1)
-        engine = make_engine(cfg.engine, self.learner, self.device, cfg.meta_batch, cfg.workers,
-                             chunk_size=cfg.chunk_size, compile=cfg.compile)
-        self._log(f"{self.config.name}: {type(self.learner).__name__} on {self.config.data.dataset}, "
-                  f"{cfg.steps} steps x {cfg.meta_batch} tasks, engine={engine.name}, device={self.device}")
+            val_set = self.suite.fixed_set(
+                self.config.data.val_split, e.ways, e.shots, e.queries, cfg.val_episodes, e.seed + 1
+            )
+        engine = make_engine(
+            cfg.engine,
+            self.learner,
+            self.device,
+            cfg.meta_batch,
+            cfg.workers,
+            chunk_size=cfg.chunk_size,
+            compile=cfg.compile,
+        )
+        self._log(
+            f"{self.config.name}: {type(self.learner).__name__} on {self.config.data.dataset}, "
+            f"{cfg.steps} steps x {cfg.meta_batch} tasks, engine={engine.name}, device={self.device}"
+        )
         metric = self.learner.primary_metric
         started = time.perf_counter() - self.state["elapsed"]
         self.learner.train()
@@ -173,8 +211,9 @@ class Trainer:
             with Progress(cfg.steps, self.state["step"], enabled=not self.quiet) as progress:
                 while self.state["step"] < cfg.steps:
                     step = self.state["step"]
-                    tasks = [self.suite.train_task(step * cfg.meta_batch + i).to(self.device)
-                             for i in range(cfg.meta_batch)]
+                    tasks = [
+                        self.suite.train_task(step * cfg.meta_batch + i).to(self.device) for i in range(cfg.meta_batch)
+                    ]
                     self.optimizer.zero_grad(set_to_none=True)
                     task_metrics = engine.meta_gradient(self.learner, tasks, progress=(step, cfg.steps))
                     check_step(self.learner, self.run_dir, cfg.lr, step + 1, task_metrics)  # NaN/inf: stop
@@ -189,16 +228,23 @@ class Trainer:
                     window["metric"] += sum(m.get(metric, m["loss"]) for m in task_metrics)
                     row = None
                     if step % cfg.log_every == 0 or step == cfg.steps:
-                        row = {"step": step, "lr": lr, "train_loss": window["loss"] / window["n"],
-                               "train_metric": window["metric"] / window["n"]}
+                        row = {
+                            "step": step,
+                            "lr": lr,
+                            "train_loss": window["loss"] / window["n"],
+                            "train_metric": window["metric"] / window["n"],
+                        }
                         self.state["window"] = {"n": 0, "loss": 0.0, "metric": 0.0}
                     if val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                         result = evaluate(self.learner, val_set, self.device)
                         row = dict(row or {"step": step, "lr": lr}, val_metric=result["mean"], val_ci95=result["ci95"])
                         if better(metric, result["mean"], self.state["best"]):
                             self.state["best"], self.state["best_step"] = result["mean"], step
-                            save_finite_weights(self.run_dir / "best.safetensors", self.learner,
-                                                {"step": step, "fingerprint": self.fingerprint})
+                            save_finite_weights(
+                                self.run_dir / "best.safetensors",
+                                self.learner,
+                                {"step": step, "fingerprint": self.fingerprint},
+                            )
                     if row is not None:
                         self.state["elapsed"] = time.perf_counter() - started
                         row["elapsed_s"] = round(self.state["elapsed"], 2)
@@ -214,13 +260,21 @@ class Trainer:
         finally:
             engine.close()
         if val_set is None:
-            save_finite_weights(self.run_dir / "best.safetensors", self.learner,
-                                {"step": self.state["step"], "fingerprint": self.fingerprint})
+            save_finite_weights(
+                self.run_dir / "best.safetensors",
+                self.learner,
+                {"step": self.state["step"], "fingerprint": self.fingerprint},
+            )
             self.state["best_step"] = self.state["step"]
         e = cfg.episodes
         shape = f"({e.ways}-way {e.shots}-shot episodes)" if e.ways else f"({e.shots}-shot tasks)"
-        plot_learning_curve(self.run_dir / "curve.png", self.state["history"], metric,
-                            f"{self.config.name} ({type(self.learner).__name__})", shape)
+        plot_learning_curve(
+            self.run_dir / "curve.png",
+            self.state["history"],
+            metric,
+            f"{self.config.name} ({type(self.learner).__name__})",
+            shape,
+        )
         return evaluate_run(self.run_dir, data_root=self.data_root, quiet=self.quiet, trainer=self)
 
 
@@ -231,6 +285,7 @@ def _validate(config: Config) -> None:
     config_from_dict(config.to_dict())  # the ranges again, for a Config built in code
     from .learners.base import parse_args
     from .models import parse_settings
+
     learner_cls = LEARNERS.get(config.learner.name)
     if getattr(learner_cls, "Args", None) is not None:
         parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
@@ -245,21 +300,28 @@ def _validate(config: Config) -> None:
         for key in ("train_split", "val_split", "test_split"):
             split = getattr(config.data, key)
             if split is not None and split not in splits:
-                raise FastAdaptError(f"data.{key} must be one of {', '.join(splits)} for {config.data.dataset}"
-                                     f"{' (or null)' if key == 'val_split' else ''}; got {split!r}")
+                raise FastAdaptError(
+                    f"data.{key} must be one of {', '.join(splits)} for {config.data.dataset}"
+                    f"{' (or null)' if key == 'val_split' else ''}; got {split!r}"
+                )
     pooled = getattr(backbone_args, "pooled_blocks", None)
     if problem == "classification" and isinstance(pooled, int) and config.data.image_size >> pooled < 1:
-        raise FastAdaptError(f"data.image_size must be >= {2 ** pooled} for {config.model.backbone} with {pooled} "
-                             f"poolings, got {config.data.image_size}; or lower model.backbone_args.pooled_blocks")
+        raise FastAdaptError(
+            f"data.image_size must be >= {2**pooled} for {config.model.backbone} with {pooled} "
+            f"poolings, got {config.data.image_size}; or lower model.backbone_args.pooled_blocks"
+        )
     train_ways, eval_ways = config.train.episodes.ways, config.eval.ways
     if problem == "classification":
         for key, ways in (("train.episodes.ways", train_ways), ("eval.ways", eval_ways)):
             if ways is None:
-                raise FastAdaptError(f"{key} must be an integer >= 2 for the classification dataset "
-                                     f"{config.data.dataset}, got null")
+                raise FastAdaptError(
+                    f"{key} must be an integer >= 2 for the classification dataset {config.data.dataset}, got null"
+                )
         if getattr(learner_cls, "needs_head", False) and eval_ways != train_ways:
-            raise FastAdaptError(f"eval.ways must equal train.episodes.ways ({train_ways}) for "
-                                 f"{config.learner.name}, whose head has that many outputs; got {eval_ways}")
+            raise FastAdaptError(
+                f"eval.ways must equal train.episodes.ways ({train_ways}) for "
+                f"{config.learner.name}, whose head has that many outputs; got {eval_ways}"
+            )
 
 
 def _applicable_reference(config: Config, ways, shots, adapt_steps: int | None = None) -> dict:
@@ -267,8 +329,10 @@ def _applicable_reference(config: Config, ways, shots, adapt_steps: int | None =
     give numbers for other test-time step counts under `reference.by_adapt_steps`."""
     own_test = (ways, shots) == (config.eval.ways, config.eval.shots)
     # the number of test episodes and their seed change the estimate's precision, not what is measured
-    changed = any(o.startswith(("data.", "eval.", "model.", "learner.")) and not o.startswith(("eval.episodes=", "eval.seed="))
-                  for o in config.overrides)
+    changed = any(
+        o.startswith(("data.", "eval.", "model.", "learner.")) and not o.startswith(("eval.episodes=", "eval.seed="))
+        for o in config.overrides
+    )
     if not own_test or changed:
         return {}
     reference = {k: v for k, v in config.reference.items() if k != "by_adapt_steps"}
@@ -286,12 +350,18 @@ def _read_model_info(run_dir: Path) -> dict | None:
     try:
         info = json.loads(path.read_text())
         shape, classes = info["input_shape"], info["num_train_classes"]
-        if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)
-                and (classes is None or (isinstance(classes, int) and classes > 0))):
+        if not (
+            isinstance(shape, list)
+            and shape
+            and all(isinstance(v, int) and v > 0 for v in shape)
+            and (classes is None or (isinstance(classes, int) and classes > 0))
+        ):
             raise ValueError("bad values")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FastAdaptError(f"{path} is unreadable ({exc}); delete it (it is rewritten by `fastadapt train "
-                             f"{run_dir}`, which needs the training data)") from None
+        raise FastAdaptError(
+            f"{path} is unreadable ({exc}); delete it (it is rewritten by `fastadapt train "
+            f"{run_dir}`, which needs the training data)"
+        ) from None
     return {"input_shape": shape, "num_train_classes": classes}
 
 
@@ -299,10 +369,14 @@ def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer
     """A trainer for an existing run folder, with the selected (best or last) weights loaded."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
-        raise FastAdaptError(f"{run_dir} is not a run folder (no config.yaml); give the --out folder of a `fastadapt train` run")
+        raise FastAdaptError(
+            f"{run_dir} is not a run folder (no config.yaml); give the --out folder of a `fastadapt train` run"
+        )
     if not (run_dir / "best.safetensors").is_file():
-        raise FastAdaptError(f"{run_dir} has no trained weights yet (best.safetensors); finish or resume "
-                             f"training with `fastadapt train {run_dir}`")
+        raise FastAdaptError(
+            f"{run_dir} has no trained weights yet (best.safetensors); finish or resume "
+            f"training with `fastadapt train {run_dir}`"
+        )
     config = config_from_dict(read_run_config(run_dir))
     trainer = Trainer(config, run_dir, data_root=data_root, quiet=quiet)
     trainer._resume()  # the trainer state: steps done, selected step, training time
@@ -310,11 +384,22 @@ def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer
     return trainer
 
 
-def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | None = None,
-                 queries: int | None = None, episodes: int | None = None, seed: int | None = None,
-                 data_root=None, quiet: bool = True, trainer: Trainer | None = None,
-                 adapt_steps: int | None = None, data: str | None = None, data_settings: list[str] | None = None,
-                 split: str | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    ways: int | None = None,
+    shots: int | None = None,
+    queries: int | None = None,
+    episodes: int | None = None,
+    seed: int | None = None,
+    data_root=None,
+    quiet: bool = True,
+    trainer: Trainer | None = None,
+    adapt_steps: int | None = None,
+    data: str | None = None,
+    data_settings: list[str] | None = None,
+    split: str | None = None,
+) -> dict:
     """Evaluate a run's selected weights on a fixed, seeded test set; write eval JSON + episodes.
     `adapt_steps` overrides the number of test-time gradient steps of learners that take them.
     `data` (a dataset name) with `data_settings` (`data.*=value` items) and `split` evaluates on
@@ -330,8 +415,10 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
     shots, queries = shots or e.shots, queries or e.queries
     episodes, seed = episodes or e.episodes, e.seed if seed is None else seed
     if learner.needs_head and learner.problem == "classification" and ways != config.train.episodes.ways:
-        raise FastAdaptError(f"{config.learner.name} was trained {config.train.episodes.ways}-way and its head has that "
-                             f"many outputs; evaluate with --ways {config.train.episodes.ways}")
+        raise FastAdaptError(
+            f"{config.learner.name} was trained {config.train.episodes.ways}-way and its head has that "
+            f"many outputs; evaluate with --ways {config.train.episodes.ways}"
+        )
     if adapt_steps is not None:
         if not hasattr(learner, "eval_inner_steps"):
             raise FastAdaptError(f"{config.learner.name} takes no test-time gradient steps; drop --adapt-steps")
@@ -346,29 +433,51 @@ def evaluate_run(run_dir: str | Path, *, ways: int | None = None, shots: int | N
         digest = hashlib.sha256(json.dumps(data_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
         prefix = f"{dataset}-{test_split}-{digest}-"  # one file per data setting: other folders never overwrite it
     test_set = suite.fixed_set(test_split, ways, shots, queries, episodes, seed)
-    tag = prefix + (f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}" if ways else f"{shots}shot{queries}q-{episodes}ep-seed{seed}")
+    tag = prefix + (
+        f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}"
+        if ways
+        else f"{shots}shot{queries}q-{episodes}ep-seed{seed}"
+    )
     episodes_tag = tag
     if adapt_steps is not None:
         tag += f"-{adapt_steps}steps"
     test_set.save(run_dir / "episodes" / f"test-{episodes_tag}.npz")
     result = evaluate(learner, test_set, trainer.device)
     record = {
-        "preset": config.name, "method": config.learner.name, "dataset": dataset,
-        "split": test_split, "ways": ways, "shots": shots, "queries": queries, "episodes": episodes,
-        "seed": seed, "metric": result["metric"], result["metric"]: result["mean"], "ci95": result["ci95"],
-        "std": result["std"], "diverged_episodes": result["nonfinite"], "learner": learner.describe(),
+        "preset": config.name,
+        "method": config.learner.name,
+        "dataset": dataset,
+        "split": test_split,
+        "ways": ways,
+        "shots": shots,
+        "queries": queries,
+        "episodes": episodes,
+        "seed": seed,
+        "metric": result["metric"],
+        result["metric"]: result["mean"],
+        "ci95": result["ci95"],
+        "std": result["std"],
+        "diverged_episodes": result["nonfinite"],
+        "learner": learner.describe(),
         "bn_mode": learner.describe().get("bn_mode", "none"),
-        "train_steps": trainer.state["step"], "selected_step": trainer.state["best_step"],
-        "eval_seconds": round(result["seconds"], 2), "train_seconds": round(trainer.state["elapsed"], 2),
-        "episodes_file": f"episodes/test-{episodes_tag}.npz", "adapt_steps": getattr(learner, "eval_inner_steps", None),
+        "train_steps": trainer.state["step"],
+        "selected_step": trainer.state["best_step"],
+        "eval_seconds": round(result["seconds"], 2),
+        "train_seconds": round(trainer.state["elapsed"], 2),
+        "episodes_file": f"episodes/test-{episodes_tag}.npz",
+        "adapt_steps": getattr(learner, "eval_inner_steps", None),
         "machine": machine_info(trainer.device),
         "reference": {} if prefix else _applicable_reference(config, ways, shots, adapt_steps),
-        "trained_on": config.data.dataset, "overrides": config.overrides,
+        "trained_on": config.data.dataset,
+        "overrides": config.overrides,
         "data_args": suite.config.data.args if prefix else config.data.args,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    own = (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed) and \
-        adapt_steps is None and not prefix
+    own = (
+        (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed)
+        and adapt_steps is None
+        and not prefix
+    )
     name = "eval.json" if own else f"eval-{tag}.json"
     atomic_write_text(run_dir / name, json.dumps(record, indent=2))
     return record
@@ -386,6 +495,7 @@ def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], spli
         raise FastAdaptError(f"--set {bad[0]!r}: only data.* settings can change when evaluating a trained run")
     from .config import apply_overrides
     from .registry import DATASETS
+
     suite_cls = DATASETS.get(dataset)
     shape = tuple(trainer.model_info["input_shape"])
     base = {"dataset": dataset, "image_size": trainer.config.data.image_size, "args": {}}
@@ -404,6 +514,8 @@ def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], spli
     if suite.problem != trainer.suite.problem:
         raise FastAdaptError(f"{dataset} is a {suite.problem} dataset but the run learned {trainer.suite.problem}")
     if tuple(suite.input_shape) != shape:
-        raise FastAdaptError(f"{dataset} ({chosen}) gives inputs of shape {tuple(suite.input_shape)} but the run's model "
-                             f"takes {shape}; set data.image_size / data.args.channels to match")
+        raise FastAdaptError(
+            f"{dataset} ({chosen}) gives inputs of shape {tuple(suite.input_shape)} but the run's model "
+            f"takes {shape}; set data.image_size / data.args.channels to match"
+        )
     return suite, chosen

@@ -1,4 +1,5 @@
 """Small shared helpers: atomic file writes, machine description, device choice."""
+
 from __future__ import annotations
 
 import errno
@@ -6,13 +7,13 @@ import functools
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO
 
 import torch
 
 from .errors import FastAdaptError
-
 
 # Errors that mean "the disk (or the user's quota) is full", whoever raises them.
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -26,8 +27,11 @@ class WriteError(FastAdaptError):
     def __init__(self, path: Path, reason: str, hint: str | None = None):
         self.path, self.reason = Path(path), reason
         if hint is None:
-            hint = ("free space and re-run the same command" if reason == NO_SPACE else
-                    "make its folder writable or choose another, and re-run")
+            hint = (
+                "free space and re-run the same command"
+                if reason == NO_SPACE
+                else "make its folder writable or choose another, and re-run"
+            )
         super().__init__(f"could not write {path}: {reason}; {hint}")
 
 
@@ -94,9 +98,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def machine_info(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)),
-            "threads": torch.get_num_threads(), "device": str(device)}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "cores": len(os.sched_getaffinity(0)),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

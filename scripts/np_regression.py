@@ -11,6 +11,7 @@ q(z | context), divided by the number of targets (MSE still from the mean of z).
 Writes np_regression.json and np_regression.png (mean +- 2 sigma against the ground truth:
 the exact GP posterior for gp1d, the true curve for sinusoids) into the run folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ X_RANGE = {"gp1d": (-2.0, 2.0), "sinusoid": (-5.0, 5.0)}
 
 def log_likelihood_per_point(learner, task, samples: int, generator: torch.Generator) -> float:
     if samples:
-        mean, std = learner.predictive(task.support_x, task.support_y, task.query_x, samples=samples,
-                                       generator=generator)
+        mean, std = learner.predictive(
+            task.support_x, task.support_y, task.query_x, samples=samples, generator=generator
+        )
         joint = gaussian_log_likelihood(task.query_y, mean, std).sum((-1, -2))  # (S,)
         return float((torch.logsumexp(joint, 0) - math.log(samples)) / len(task.query_x))
     mean, std = learner.predictive(task.support_x, task.support_y, task.query_x)
@@ -55,8 +57,13 @@ def score(learner, tasks, samples: int, seed: int) -> dict:
         mean = learner.predictive(task.support_x, task.support_y, task.query_x)[0]
         mses.append(float((mean - task.query_y).pow(2).mean()))
         lls.append(log_likelihood_per_point(learner, task, samples, generator))
-    return {"log_likelihood": float(np.mean(lls)), "log_likelihood_ci95": ci95(lls),
-            "mse": float(np.mean(mses)), "mse_ci95": ci95(mses), "tasks": len(tasks)}
+    return {
+        "log_likelihood": float(np.mean(lls)),
+        "log_likelihood_ci95": ci95(lls),
+        "mse": float(np.mean(mses)),
+        "mse_ci95": ci95(mses),
+        "tasks": len(tasks),
+    }
 
 
 def plot(path: Path, learner, dataset: str, suite_tasks: dict[int, list], title: str) -> None:
@@ -76,11 +83,14 @@ def plot(path: Path, learner, dataset: str, suite_tasks: dict[int, list], title:
                 ax.fill_between(x, true_mean - 2 * true_std, true_mean + 2 * true_std, color="tab:red", alpha=0.12)
                 ax.scatter(task.query_x.squeeze(-1), task.query_y.squeeze(-1), s=4, color="gray", label="targets")
             else:
-                ax.plot(x, sinusoid(x, task.info["amplitude"], task.info["phase"]), color="tab:red", label="ground truth")
+                ax.plot(
+                    x, sinusoid(x, task.info["amplitude"], task.info["phase"]), color="tab:red", label="ground truth"
+                )
             ax.plot(x, mean, color="tab:blue", label="model mean")
             ax.fill_between(x, mean - 2 * std, mean + 2 * std, color="tab:blue", alpha=0.2, label="model +- 2 sigma")
-            ax.scatter(task.support_x.squeeze(-1), task.support_y.squeeze(-1), color="k", marker="^", zorder=3,
-                       label="context")
+            ax.scatter(
+                task.support_x.squeeze(-1), task.support_y.squeeze(-1), color="k", marker="^", zorder=3, label="context"
+            )
             ax.set_title(f"{n} context point{'s' if n != 1 else ''}", fontsize=9)
         row[0].legend(fontsize=6, loc="lower left")
     fig.suptitle(title)
@@ -102,8 +112,9 @@ def main(argv=None) -> None:
     learner, config = trainer.learner, trainer.config
     dataset = config.data.dataset
     if not hasattr(learner, "predictive") or dataset not in X_RANGE:
-        raise FastAdaptError(f"{args.run_dir}: needs a cnp or np run on gp1d or sinusoid, got "
-                             f"{config.learner.name!r} on {dataset!r}")
+        raise FastAdaptError(
+            f"{args.run_dir}: needs a cnp or np run on gp1d or sinusoid, got {config.learner.name!r} on {dataset!r}"
+        )
     if args.samples and "samples" not in inspect.signature(learner.predictive).parameters:
         raise FastAdaptError(f"--samples needs a latent model (np); {config.learner.name!r} is deterministic")
     if min(args.context) < 1:
@@ -117,19 +128,39 @@ def main(argv=None) -> None:
         for n in args.context:
             tasks = trainer.suite.fixed_set(config.data.test_split, None, n, queries, episodes, e.seed)
             results.append({"context": n, **score(learner, tasks, args.samples, e.seed)})
-            print(f"context {n:3d}: log-lik/point {results[-1]['log_likelihood']:.3f} +- "
-                  f"{results[-1]['log_likelihood_ci95']:.3f}, mse {results[-1]['mse']:.4f} +- {results[-1]['mse_ci95']:.4f}")
+            print(
+                f"context {n:3d}: log-lik/point {results[-1]['log_likelihood']:.3f} +- "
+                f"{results[-1]['log_likelihood_ci95']:.3f}, mse {results[-1]['mse']:.4f} +- {results[-1]['mse_ci95']:.4f}"
+            )
         picks = sorted({args.context[0], args.context[len(args.context) // 2], args.context[-1]})
         for n in picks:
             shown[n] = list(trainer.suite.fixed_set(config.data.test_split, None, n, queries, args.plot_tasks, e.seed))
-        plot(args.run_dir / "np_regression.png", learner, dataset, shown,
-             f"{config.name} ({config.learner.name}), test tasks")
-    record = {"preset": config.name, "method": config.learner.name, "dataset": dataset,
-              "split": config.data.test_split, "queries": queries, "episodes": episodes, "seed": e.seed,
-              "z": f"{args.samples} samples" if args.samples else "mean of q(z | context)" if config.learner.name == "np" else None,
-              "train_steps": trainer.state["step"], "selected_step": trainer.state["best_step"],
-              "results": results, "seconds": round(time.perf_counter() - started, 2),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        plot(
+            args.run_dir / "np_regression.png",
+            learner,
+            dataset,
+            shown,
+            f"{config.name} ({config.learner.name}), test tasks",
+        )
+    record = {
+        "preset": config.name,
+        "method": config.learner.name,
+        "dataset": dataset,
+        "split": config.data.test_split,
+        "queries": queries,
+        "episodes": episodes,
+        "seed": e.seed,
+        "z": f"{args.samples} samples"
+        if args.samples
+        else "mean of q(z | context)"
+        if config.learner.name == "np"
+        else None,
+        "train_steps": trainer.state["step"],
+        "selected_step": trainer.state["best_step"],
+        "results": results,
+        "seconds": round(time.perf_counter() - started, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     atomic_write_text(args.run_dir / "np_regression.json", json.dumps(record, indent=2))
     print(f"wrote {args.run_dir / 'np_regression.json'} and np_regression.png")
 

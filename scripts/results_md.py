@@ -4,6 +4,7 @@ live in results/head.md and results/notes.md.
 
     .venv/bin/python scripts/results_md.py          # after `bash scripts/reproduce.sh table`
 """
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def np_table(paths: list[Path]) -> str:
-    rows = ["| run | method | train steps | context points | log-likelihood / target point | MSE |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| run | method | train steps | context points | log-likelihood / target point | MSE |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for path in paths:
         r = json.loads(path.read_text())
         for c in r["results"]:
-            rows.append(f"| {path.parent.name} | {r['method']} | {r['train_steps']} | {c['context']} | "
-                        f"{c['log_likelihood']:.3f} ± {c['log_likelihood_ci95']:.3f} | {c['mse']:.4f} ± {c['mse_ci95']:.4f} |")
+            rows.append(
+                f"| {path.parent.name} | {r['method']} | {r['train_steps']} | {c['context']} | "
+                f"{c['log_likelihood']:.3f} ± {c['log_likelihood_ci95']:.3f} | {c['mse']:.4f} ± {c['mse_ci95']:.4f} |"
+            )
     return "\n".join(rows)
 
 
@@ -33,9 +38,12 @@ def main() -> None:
     np_runs = sorted(results.glob("*/np_regression.json"))
     parts = [(results / "head.md").read_text().rstrip(), table.rstrip()]
     if np_runs:
-        parts += ["## Neural processes against the number of context points (1-D GP regression)",
-                  "Fixed test tasks (the run's eval seed), 100 target points each; "
-                  "`python scripts/np_regression.py RUN --context 1 2 5 10 20 50`.", np_table(np_runs)]
+        parts += [
+            "## Neural processes against the number of context points (1-D GP regression)",
+            "Fixed test tasks (the run's eval seed), 100 target points each; "
+            "`python scripts/np_regression.py RUN --context 1 2 5 10 20 50`.",
+            np_table(np_runs),
+        ]
     parts.append((results / "notes.md").read_text().rstrip())
     atomic_write_text(ROOT / "RESULTS.md", "\n\n".join(parts) + "\n")
     print(f"wrote {ROOT / 'RESULTS.md'} ({len(runs)} runs)")

@@ -7,6 +7,7 @@ For a few fixed test tasks (the run's eval seed, so the same tasks as its eval.j
 run's model is shown before adaptation and after 1 and 10 gradient steps on the K support
 points, over the whole input range [-5, 5].
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def curves(run_dir: Path, tasks: int, steps: tuple[int, ...], grid: torch.Tensor
     learner, config = trainer.learner, trainer.config
     if not hasattr(learner, "eval_inner_steps"):
         raise FastAdaptError(f"{run_dir}: learner {config.learner.name!r} takes no test-time gradient steps")
-    test = trainer.suite.fixed_set(config.data.test_split, None, config.eval.shots, config.eval.queries,
-                                   tasks, config.eval.seed)
+    test = trainer.suite.fixed_set(
+        config.data.test_split, None, config.eval.shots, config.eval.queries, tasks, config.eval.seed
+    )
     learner.eval()
     predictions = {}
     for k in steps:
@@ -57,10 +59,21 @@ def main(argv=None) -> None:
         for col, (ax, task) in enumerate(zip(row, tasks)):
             ax.plot(x, sinusoid(x, task.info["amplitude"], task.info["phase"]), color="tab:red", label="ground truth")
             for shade, k in zip(np.linspace(0.45, 0.9, len(args.steps)), args.steps):
-                ax.plot(x, predictions[k][col], color=plt.cm.Blues(shade), linestyle="--",
-                        label=f"after {k} step{'s' if k != 1 else ''}")
-            ax.scatter(task.support_x.squeeze(-1), task.support_y.squeeze(-1), color="k", marker="^", zorder=3,
-                       label=f"{len(task.support_x)} support points")
+                ax.plot(
+                    x,
+                    predictions[k][col],
+                    color=plt.cm.Blues(shade),
+                    linestyle="--",
+                    label=f"after {k} step{'s' if k != 1 else ''}",
+                )
+            ax.scatter(
+                task.support_x.squeeze(-1),
+                task.support_y.squeeze(-1),
+                color="k",
+                marker="^",
+                zorder=3,
+                label=f"{len(task.support_x)} support points",
+            )
             ax.set_title(f"{label}, task {col}", fontsize=9)
             ax.set_ylim(-6, 6)
             if col == 0:

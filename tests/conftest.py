@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated cache, a tiny fake Omniglot, and the real data when present."""
+
 from __future__ import annotations
 
 import io
@@ -16,8 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_ALPHABETS = {"background": {"Alpha": 3, "Beta": 2}, "evaluation": {"Gamma": 2}}
 FAKE_DRAWINGS = 20
 #: Fake Lake runs: answers[i] = 0-based training class of test item i (bijections of 0..19).
-FAKE_LAKE_ANSWERS = {"run01": [(7 * i + 3) % 20 for i in range(20)],
-                     "run02": [(3 * i + 11) % 20 for i in range(20)]}
+FAKE_LAKE_ANSWERS = {"run01": [(7 * i + 3) % 20 for i in range(20)], "run02": [(3 * i + 11) % 20 for i in range(20)]}
 
 
 def _png(rng: np.random.Generator) -> bytes:
@@ -100,6 +100,7 @@ def float64():
     """Gradient checks in double precision; restored so other test modules are unaffected.
     Modules opt in with `pytestmark = pytest.mark.usefixtures("float64")`."""
     import torch
+
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     yield
@@ -110,6 +111,7 @@ def float64():
 def fresh_cache(tmp_path, monkeypatch) -> Path:
     """An empty disk cache and an empty in-process Omniglot memo, restored afterwards."""
     from fastadapt.data import omniglot
+
     cache = tmp_path / "cache"
     monkeypatch.setenv("FASTADAPT_CACHE", str(cache))
     omniglot._load_characters.cache_clear()

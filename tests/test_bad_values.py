@@ -3,6 +3,7 @@
 Every field of the core config is fuzzed with out-of-range and wrong-type values through
 `fastadapt train PRESET --set key=value`: exit 2, one stderr line naming the key, and neither the
 data nor `Trainer.fit` is ever reached. Valid values are accepted by the config builder."""
+
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +32,7 @@ FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(Healt
 def no_training():
     def refuse(*args, **kwargs):
         raise AssertionError("reached data loading or training with a bad value")
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trainer_module, "build_suite", refuse)
         mp.setattr(trainer_module.Trainer, "fit", refuse)
@@ -48,7 +50,7 @@ def run(*argv: str) -> tuple[int, list[str]]:
 
 
 def as_yaml(value) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10 ** 6).strip()
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
     return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
 
 
@@ -65,8 +67,11 @@ def core_fields(cls=Config, prefix=""):
 FIELDS = {key: (f, hint) for key, f, hint in core_fields()}
 REGISTRY_NAMES = {"data.dataset", "model.backbone", "learner.name"}  # checked against the registries
 
-NOT_NUMBERS = st.one_of(st.text(alphabet="abcxyz_", min_size=1, max_size=6), st.lists(st.integers(), max_size=2),
-                        st.dictionaries(st.sampled_from("ab"), st.integers(), min_size=1, max_size=1))
+NOT_NUMBERS = st.one_of(
+    st.text(alphabet="abcxyz_", min_size=1, max_size=6),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.sampled_from("ab"), st.integers(), min_size=1, max_size=1),
+)
 NON_FINITE = st.sampled_from([math.nan, math.inf, -math.inf])
 
 
@@ -96,17 +101,33 @@ def bad_values(key: str):
     origin = typing.get_origin(hint)
     if origin is typing.Literal:
         choices = typing.get_args(hint)
-        return st.one_of(st.text(alphabet="abcxyz", min_size=1, max_size=6).filter(lambda v: v not in choices),
-                         st.integers(), st.lists(st.sampled_from(choices), max_size=2), *none)
+        return st.one_of(
+            st.text(alphabet="abcxyz", min_size=1, max_size=6).filter(lambda v: v not in choices),
+            st.integers(),
+            st.lists(st.sampled_from(choices), max_size=2),
+            *none,
+        )
     if origin is dict:
-        return st.one_of(st.integers(), st.text(alphabet="abc", min_size=1, max_size=4),
-                         st.lists(st.integers(), min_size=1, max_size=2), st.booleans())
+        return st.one_of(
+            st.integers(),
+            st.text(alphabet="abc", min_size=1, max_size=4),
+            st.lists(st.integers(), min_size=1, max_size=2),
+            st.booleans(),
+        )
     if origin is list:
-        return st.one_of(st.integers(), st.text(alphabet="abc", min_size=1, max_size=4), st.booleans(),
-                         st.lists(st.integers(), min_size=1, max_size=2))
+        return st.one_of(
+            st.integers(),
+            st.text(alphabet="abc", min_size=1, max_size=4),
+            st.booleans(),
+            st.lists(st.integers(), min_size=1, max_size=2),
+        )
     if hint is bool or hint == (bool | None):
-        return st.one_of(st.integers(min_value=2), st.text(alphabet="xyz", min_size=1, max_size=4),
-                         st.lists(st.booleans(), max_size=2), *none)
+        return st.one_of(
+            st.integers(min_value=2),
+            st.text(alphabet="xyz", min_size=1, max_size=4),
+            st.lists(st.booleans(), max_size=2),
+            *none,
+        )
     # text settings
     out = [st.integers(), st.lists(st.integers(), min_size=1, max_size=2), st.booleans(), *none]
     if pattern is not None:
@@ -122,10 +143,14 @@ def good_values(key: str):
         kind = next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
         low, high = limits.low, limits.high
         if kind is int:
-            values = st.integers(min_value=int(low), max_value=int(high) if high is not None else 10 ** 9)
+            values = st.integers(min_value=int(low), max_value=int(high) if high is not None else 10**9)
         else:
-            values = st.floats(min_value=low, max_value=high if high is not None else 1e30,
-                               exclude_min=limits.low_open, exclude_max=limits.high_open)
+            values = st.floats(
+                min_value=low,
+                max_value=high if high is not None else 1e30,
+                exclude_min=limits.low_open,
+                exclude_max=limits.high_open,
+            )
         return st.one_of(values, st.none()) if limits.null else values
     if typing.get_origin(hint) is typing.Literal:
         return st.sampled_from(typing.get_args(hint))
@@ -137,8 +162,17 @@ CHOICES = [k for k, (_, hint) in FIELDS.items() if typing.get_origin(hint) is ty
 
 
 def test_every_core_setting_declares_its_valid_values():
-    free = {"name", "description", "reference", "overrides", "data.args", "model.backbone_args", "learner.args",
-            "train.compile", "model.channels_last"} | REGISTRY_NAMES  # typed only (or a registry name)
+    free = {
+        "name",
+        "description",
+        "reference",
+        "overrides",
+        "data.args",
+        "model.backbone_args",
+        "learner.args",
+        "train.compile",
+        "model.channels_last",
+    } | REGISTRY_NAMES  # typed only (or a registry name)
     declared = set(RANGED) | set(CHOICES) | {k for k, (f, _) in FIELDS.items() if "pattern" in f.metadata}
     assert set(FIELDS) - declared <= free, sorted(set(FIELDS) - declared - free)
 
@@ -157,6 +191,7 @@ def test_bad_values_are_one_line_naming_the_key(key):
         assert code == 2 and len(err) == 1, (value, err)
         assert err[0].startswith("fastadapt train: error: ")
         assert key in err[0] or key.rsplit(".", 1)[-1] in err[0], (value, err)
+
     check()
 
 
@@ -170,26 +205,30 @@ def test_valid_values_are_accepted(key):
         for part in key.split("."):
             node = getattr(node, part)
         assert node == value or (isinstance(value, float) and math.isclose(node, value))
+
     check()
 
 
 # -- the examples of issue 14, section 6 ----------------------------------------------------
-@pytest.mark.parametrize("setting,message", [
-    ("train.lr=-1", "train.lr must be a finite number in (0, 1e+38], got -1"),
-    ("train.lr=nan", "train.lr must be a finite number in (0, 1e+38], got nan"),
-    ("train.lr=.inf", "train.lr must be a finite number in (0, 1e+38], got inf"),
-    ("train.lr=1e39", "train.lr must be a finite number in (0, 1e+38], got 1e39"),
-    ("seed=-1", "seed must be an integer in 0..4294967295, got -1"),
-    ("model.backbone_args.bn=inductve", "model.backbone_args.bn must be one of 'transductive', 'inductive'"),
-    ("data.image_size=8", "data.image_size must be >= 16 for conv4 with 4 poolings, got 8"),
-    ("eval.ways=0", "eval.ways must be an integer >= 2 or null for regression, got 0"),
-    ("eval.ways=null", "eval.ways must be an integer >= 2 for the classification dataset omniglot"),
-    ("train.optimizer=rmsprop", "train.optimizer must be one of 'adam', 'sgd'; got 'rmsprop'"),
-    ("train.lr_gamma=0", "train.lr_gamma must be a finite number in (0, 1], got 0"),
-    ("train.momentum=1", "train.momentum must be a finite number in [0, 1), got 1"),
-    ("train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-    ("train.steps=true", "train.steps must be int (an integer >= 1), got True"),
-])
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("train.lr=-1", "train.lr must be a finite number in (0, 1e+38], got -1"),
+        ("train.lr=nan", "train.lr must be a finite number in (0, 1e+38], got nan"),
+        ("train.lr=.inf", "train.lr must be a finite number in (0, 1e+38], got inf"),
+        ("train.lr=1e39", "train.lr must be a finite number in (0, 1e+38], got 1e39"),
+        ("seed=-1", "seed must be an integer in 0..4294967295, got -1"),
+        ("model.backbone_args.bn=inductve", "model.backbone_args.bn must be one of 'transductive', 'inductive'"),
+        ("data.image_size=8", "data.image_size must be >= 16 for conv4 with 4 poolings, got 8"),
+        ("eval.ways=0", "eval.ways must be an integer >= 2 or null for regression, got 0"),
+        ("eval.ways=null", "eval.ways must be an integer >= 2 for the classification dataset omniglot"),
+        ("train.optimizer=rmsprop", "train.optimizer must be one of 'adam', 'sgd'; got 'rmsprop'"),
+        ("train.lr_gamma=0", "train.lr_gamma must be a finite number in (0, 1], got 0"),
+        ("train.momentum=1", "train.momentum must be a finite number in [0, 1), got 1"),
+        ("train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("train.steps=true", "train.steps must be int (an integer >= 1), got True"),
+    ],
+)
 def test_issue_examples(setting, message, tmp_path):
     code, err = run("train", PRESET, "--set", setting, "--out", str(tmp_path / "run"), "--quiet")
     assert code == 2 and err == [f"fastadapt train: error: {message}"] or message in err[0], err
@@ -201,13 +240,16 @@ def test_head_learner_eval_ways_must_match_training():
     assert code == 2 and len(err) == 1 and "eval.ways must equal train.episodes.ways (5)" in err[0], err
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "is empty; a config needs at least"),
-    (b"# only a comment\n", "is empty; a config needs at least"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not a YAML text file (not UTF-8"),
-    (b"abc\x00def: 1\n", "is not valid YAML"),
-    (b"- 1\n- 2\n", "must hold a mapping of settings"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "is empty; a config needs at least"),
+        (b"# only a comment\n", "is empty; a config needs at least"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "is not a YAML text file (not UTF-8"),
+        (b"abc\x00def: 1\n", "is not valid YAML"),
+        (b"- 1\n- 2\n", "must hold a mapping of settings"),
+    ],
+)
 def test_bad_yaml_files(content, message, tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_bytes(content)
@@ -251,18 +293,22 @@ def test_finished_run_with_other_settings_is_an_error(tmp_path):
     assert f"run folder {run_dir} holds a run with other settings (differs in: overrides, train)" in err[0]
 
 
-@pytest.mark.parametrize("option,value,message", [
-    ("--ways", "0", "--ways must be an integer >= 2, got 0"),
-    ("--episodes", "0", "--episodes must be an integer >= 1, got 0"),
-    ("--shots", "-1", "--shots must be an integer >= 1, got -1"),
-    ("--queries", "0", "--queries must be an integer >= 1, got 0"),
-    ("--seed", "-1", "--seed must be an integer in 0..4294967294, got -1"),
-    ("--adapt-steps", "0", "--adapt-steps must be an integer >= 1, got 0"),
-    ("--ways", "two", "argument --ways: invalid int value: 'two'"),
-])
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--ways", "0", "--ways must be an integer >= 2, got 0"),
+        ("--episodes", "0", "--episodes must be an integer >= 1, got 0"),
+        ("--shots", "-1", "--shots must be an integer >= 1, got -1"),
+        ("--queries", "0", "--queries must be an integer >= 1, got 0"),
+        ("--seed", "-1", "--seed must be an integer in 0..4294967294, got -1"),
+        ("--adapt-steps", "0", "--adapt-steps must be an integer >= 1, got 0"),
+        ("--ways", "two", "argument --ways: invalid int value: 'two'"),
+    ],
+)
 def test_eval_options_are_checked_before_loading(option, value, message, tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("loaded the run")
+
     monkeypatch.setattr(trainer_module, "load_run", refuse)
     code, err = run("eval", str(tmp_path / "run"), option, value)
     assert code == 2 and len(err) == 1 and message in err[0], err

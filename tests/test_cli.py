@@ -1,4 +1,5 @@
 """The command line: help, presets, one-line errors with exit code 2, eval and lake on a run."""
+
 import json
 import subprocess
 import sys
@@ -21,19 +22,27 @@ def test_help(command):
 def test_presets_lists_the_paper_presets(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    for name in ("protonet-omniglot-5w1s", "protonet-omniglot-20w1s", "maml-omniglot-5w1s",
-                 "maml-sinusoid-5shot", "protonet-omniglot-quick"):
+    for name in (
+        "protonet-omniglot-5w1s",
+        "protonet-omniglot-20w1s",
+        "maml-omniglot-5w1s",
+        "maml-sinusoid-5shot",
+        "protonet-omniglot-quick",
+    ):
         assert name in out
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["train", "no-such-preset"], "no preset or file named 'no-such-preset'"),
-    (["train", "protonet-omniglot-quick", "--set", "train.stpes=3"], "unknown setting train.stpes"),
-    (["train", "protonet-omniglot-quick", "--set", "train.steps=many"], "train.steps must be int"),
-    (["train", "protonet-omniglot-quick", "--set", "train.steps"], "is not key=value"),
-    (["train", "protonet-omniglot-quick", "--set", "learner.name=nope"], "unknown learner 'nope'"),
-    (["eval", "/nonexistent/run"], "is not a run folder"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["train", "no-such-preset"], "no preset or file named 'no-such-preset'"),
+        (["train", "protonet-omniglot-quick", "--set", "train.stpes=3"], "unknown setting train.stpes"),
+        (["train", "protonet-omniglot-quick", "--set", "train.steps=many"], "train.steps must be int"),
+        (["train", "protonet-omniglot-quick", "--set", "train.steps"], "is not key=value"),
+        (["train", "protonet-omniglot-quick", "--set", "learner.name=nope"], "unknown learner 'nope'"),
+        (["eval", "/nonexistent/run"], "is not a run folder"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(args, expected, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -48,16 +57,33 @@ def test_missing_data_names_the_file_and_where_it_looked(tmp_path, capsys):
 
 
 def test_impossible_episode_request_names_the_numbers(real_data_root, tmp_path, capsys):
-    code = main(["train", "protonet-omniglot-quick", "--data-root", str(real_data_root), "--out", str(tmp_path),
-                 "--set", "train.episodes.queries=25"])
+    code = main(
+        [
+            "train",
+            "protonet-omniglot-quick",
+            "--data-root",
+            str(real_data_root),
+            "--out",
+            str(tmp_path),
+            "--set",
+            "train.episodes.queries=25",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "1 + 25 = 26" in err and "20" in err
 
 
 def test_train_eval_and_lake_on_a_background_run(real_data_root, tmp_path, capsys):
     run = tmp_path / "run"
-    sets = ["data.train_split=background", "data.test_split=evaluation", "train.steps=4", "train.episodes.ways=20",
-            "eval.episodes=20", "model.backbone_args.hidden=16", "train.checkpoint_every=2"]
+    sets = [
+        "data.train_split=background",
+        "data.test_split=evaluation",
+        "train.steps=4",
+        "train.episodes.ways=20",
+        "eval.episodes=20",
+        "model.backbone_args.hidden=16",
+        "train.checkpoint_every=2",
+    ]
     args = ["train", "protonet-omniglot-quick", "--quiet", "--data-root", str(real_data_root), "--out", str(run)]
     for item in sets:
         args += ["--set", item]

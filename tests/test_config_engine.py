@@ -1,4 +1,5 @@
 """Config parsing and validation, engine choice, atomic writes."""
+
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from fastadapt.utils import atomic_write
 
 def test_every_preset_parses_and_names_registered_parts():
     from fastadapt.registry import BACKBONES, DATASETS, LEARNERS
+
     for name in preset_names():
         config = load_config(name)
         assert config.name == name
@@ -21,8 +23,10 @@ def test_every_preset_parses_and_names_registered_parts():
 
 
 def test_overrides_parse_yaml_values_and_nested_keys():
-    config = load_config("maml-omniglot-5w1s", ["train.lr=1e-4", "data.val_split=null", "learner.args.inner_steps=5",
-                                                "train.episodes.ways=20"])
+    config = load_config(
+        "maml-omniglot-5w1s",
+        ["train.lr=1e-4", "data.val_split=null", "learner.args.inner_steps=5", "train.episodes.ways=20"],
+    )
     assert config.train.lr == pytest.approx(1e-4) and isinstance(config.train.lr, float)
     assert config.data.val_split is None
     assert config.learner.args["inner_steps"] == 5 and config.train.episodes.ways == 20
@@ -31,12 +35,15 @@ def test_overrides_parse_yaml_values_and_nested_keys():
     assert load_raw("maml-omniglot-5w1s")["train"]["lr"] == 0.001
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.episodes.wayz=3", "unknown setting train.episodes.wayz"),
-    ("train.meta_batch=1.5", "train.meta_batch must be int"),
-    ("train.episodes=3", "train.episodes must be a mapping"),
-    ("eval.seed=true", "eval.seed must be int"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.episodes.wayz=3", "unknown setting train.episodes.wayz"),
+        ("train.meta_batch=1.5", "train.meta_batch must be int"),
+        ("train.episodes=3", "train.episodes must be a mapping"),
+        ("eval.seed=true", "eval.seed must be int"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(FastAdaptError, match=message):
         load_config("protonet-omniglot-quick", [override])
@@ -76,6 +83,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     def failing(f):
         f.write(b"partial")
         raise RuntimeError("disk full")
+
     with pytest.raises(RuntimeError):
         atomic_write(target, failing)
     assert target.read_bytes() == b"old"
@@ -84,6 +92,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 def test_paper_reference_follows_the_test_time_step_count():
     from fastadapt.trainer import _applicable_reference
+
     config = load_config("maml-sinusoid-5shot")
     assert _applicable_reference(config, None, 5) == {"paper": config.reference["paper"], "mse": 0.67}
     assert _applicable_reference(config, None, 5, adapt_steps=1)["mse"] == 0.67  # the preset's own step count

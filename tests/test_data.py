@@ -1,5 +1,6 @@
 """Data layer tests: checked against the file layout, the maths and known facts about Omniglot,
 not against the code's own earlier output."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,13 +15,22 @@ import pytest
 import torch
 from PIL import Image
 
-from fastadapt.data import (EpisodeSampler, LabelledDataset, FixedEpisodes, SinusoidTasks, download_file, lake_episode,
-                            load_lake_runs, load_omniglot_characters, omniglot_pool, preprocess_image, score_lake)
+from fastadapt.data import (
+    EpisodeSampler,
+    FixedEpisodes,
+    LabelledDataset,
+    SinusoidTasks,
+    download_file,
+    lake_episode,
+    load_lake_runs,
+    load_omniglot_characters,
+    omniglot,
+    omniglot_pool,
+    preprocess_image,
+    score_lake,
+)
 from fastadapt.data import download as download_module
-from fastadapt.data import omniglot
 from fastadapt.errors import FastAdaptError
-
-
 
 
 def _decode_file(archive: Path, member: str, size: int) -> np.ndarray:
@@ -49,6 +59,7 @@ def origins(x: torch.Tensor) -> list[tuple[int, int]]:
 
 # ----------------------------------------------------------------------------- preprocessing
 
+
 def test_preprocess_resizes_to_uint8_with_ink_high():
     paper = np.ones((105, 105), bool)
     paper[30:75, 30:75] = False  # Omniglot ink is black (0) on white (1)
@@ -64,18 +75,24 @@ def test_preprocess_at_native_size_only_inverts():
 
 # ----------------------------------------------------------------------------- loading and caching
 
+
 def test_characters_follow_the_archive_layout(omniglot_fixture_root, omniglot_fixture_facts, fresh_cache):
     chars = load_omniglot_characters(omniglot_fixture_root, size=20)
     alphabets = omniglot_fixture_facts["alphabets"]
-    expected = [(archive, f"{alphabet}/character{c:02d}") for archive, by_alphabet in alphabets.items()
-                for alphabet, n in sorted(by_alphabet.items()) for c in range(1, n + 1)]
+    expected = [
+        (archive, f"{alphabet}/character{c:02d}")
+        for archive, by_alphabet in alphabets.items()
+        for alphabet, n in sorted(by_alphabet.items())
+        for c in range(1, n + 1)
+    ]
     assert list(zip(chars.archive, chars.names)) == expected
     assert chars.images.shape == (len(expected), omniglot_fixture_facts["drawings"], 20, 20)
     assert chars.images.dtype == np.uint8
     # Drawings in file-name order: Beta/character02 is the 5th character overall, files 0005_DD.png.
     zip_path = omniglot_fixture_root / "omniglot" / "images_background.zip"
-    drawings = [_decode_file(zip_path, f"images_background/Beta/character02/0005_{d:02d}.png", 20)
-                for d in range(1, 21)]
+    drawings = [
+        _decode_file(zip_path, f"images_background/Beta/character02/0005_{d:02d}.png", 20) for d in range(1, 21)
+    ]
     assert np.array_equal(chars.images[chars.names.index("Beta/character02")], np.stack(drawings))
 
 
@@ -154,10 +171,18 @@ def test_download_flag_fetches_the_official_archives(omniglot_fixture_root, tmp_
     (tmp_path / "omniglot").mkdir()
     load_omniglot_characters(tmp_path, size=8, download=True)
     base = "https://github.com/brendenlake/omniglot/raw/master/python/"
-    assert fetched == [(base + "images_background.zip", tmp_path / "omniglot" / "images_background.zip",
-                        "68d2efa1b9178cc56df9314c21c6e718"),
-                       (base + "images_evaluation.zip", tmp_path / "omniglot" / "images_evaluation.zip",
-                        "6b91aef0f799c5bb55b94e3f2daec811")]
+    assert fetched == [
+        (
+            base + "images_background.zip",
+            tmp_path / "omniglot" / "images_background.zip",
+            "68d2efa1b9178cc56df9314c21c6e718",
+        ),
+        (
+            base + "images_evaluation.zip",
+            tmp_path / "omniglot" / "images_evaluation.zip",
+            "6b91aef0f799c5bb55b94e3f2daec811",
+        ),
+    ]
 
 
 def test_corrupt_archive_is_a_clear_error(tmp_path):
@@ -169,6 +194,7 @@ def test_corrupt_archive_is_a_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- download_file
+
 
 def test_download_file_verifies_md5(tmp_path):
     source = tmp_path / "source.bin"
@@ -198,9 +224,11 @@ def test_download_file_network_error_says_where_to_put_the_file(tmp_path, monkey
 
 # ----------------------------------------------------------------------------- class pools
 
+
 def test_unknown_split_lists_valid_ones(omniglot_fixture_root):
-    with pytest.raises(FastAdaptError, match="unknown Omniglot split 'tran'.*train, val, test, trainval, "
-                                             "background, evaluation"):
+    with pytest.raises(
+        FastAdaptError, match="unknown Omniglot split 'tran'.*train, val, test, trainval, background, evaluation"
+    ):
         omniglot_pool("tran", omniglot_fixture_root)
 
 
@@ -213,8 +241,9 @@ def test_lake_split_pools_are_unrotated_archive_characters(omniglot_fixture_root
     assert omniglot_pool("background", omniglot_fixture_root, size=12).num_classes == 5
 
 
-def test_vinyals_rotations_are_counter_clockwise_quarter_turns(omniglot_fixture_root, tmp_path, monkeypatch,
-                                                              fresh_cache):
+def test_vinyals_rotations_are_counter_clockwise_quarter_turns(
+    omniglot_fixture_root, tmp_path, monkeypatch, fresh_cache
+):
     classes = [f"Gamma/character02/rot{d:03d}" for d in (0, 90, 180, 270)] + ["Alpha/character01/rot090"]
     (tmp_path / "train.txt").write_text("\n".join(classes) + "\n")
     monkeypatch.setattr(omniglot, "SPLITS_DIR", tmp_path)
@@ -236,6 +265,7 @@ def test_split_class_missing_from_archives_is_an_error(omniglot_fixture_root, tm
 
 
 # ----------------------------------------------------------------------------- episode sampling
+
 
 def test_episodes_are_class_major_disjoint_and_correctly_labelled():
     sampler = EpisodeSampler(coded_pool(), ways=5, shots=3, queries=4, seed=7)
@@ -325,6 +355,7 @@ def test_uneven_draw_equals_the_equal_size_draw_when_sizes_are_equal():
     """The per-class draw reads the same random stream as the (ways, size) draw, so Omniglot's
     episodes did not change when the sampler learned about uneven classes."""
     from fastadapt.data.sampler import draw
+
     for seed in range(20):
         counts = np.full(30, 20)
         a = draw(np.random.default_rng([seed, 1]), counts, 5, 6)
@@ -360,6 +391,7 @@ def test_labelled_dataset_checks_its_labels():
 
 # ----------------------------------------------------------------------------- sinusoid
 
+
 def test_sinusoid_tasks_follow_the_formula_within_ranges():
     tasks = SinusoidTasks(shots=10, queries=7, seed=5)
     amplitudes, phases = [], []
@@ -379,6 +411,7 @@ def test_sinusoid_tasks_follow_the_formula_within_ranges():
 
 
 # ----------------------------------------------------------------------------- Lake benchmark (fake)
+
 
 def test_lake_runs_parse_answers(omniglot_fixture_root, omniglot_fixture_facts):
     runs = load_lake_runs(omniglot_fixture_root, size=16)
@@ -405,6 +438,7 @@ def test_score_lake_matches_the_official_demo_arithmetic(omniglot_fixture_root):
 
 
 # ----------------------------------------------------------------------------- real data
+
 
 @pytest.fixture(scope="module")
 def real_characters(real_data_root):
@@ -435,8 +469,9 @@ def test_real_vinyals_splits(real_data_root, real_characters):
         turned = grid(pool)[[where[n[:-6] + degrees] for n in upright], :, 0].numpy()
         assert np.array_equal(turned, np.rot90(grid(pool)[[where[n] for n in upright], :, 0].numpy(), k, axes=(2, 3)))
     first = upright[0].rsplit("/", 1)[0]
-    assert np.array_equal(grid(pool)[where[upright[0]], :, 0].numpy(),
-                          real_characters.images[real_characters.names.index(first)])
+    assert np.array_equal(
+        grid(pool)[where[upright[0]], :, 0].numpy(), real_characters.images[real_characters.names.index(first)]
+    )
 
 
 def test_real_lake_benchmark(real_data_root, real_characters):
@@ -444,13 +479,18 @@ def test_real_lake_benchmark(real_data_root, real_characters):
     assert len(runs) == 20 and sum(len(run) for run in runs) == 400
     # Every benchmark image is a drawing of the evaluation set, and each test item shows the same
     # character as the training image its answer points to.
-    character_of = {image.tobytes(): name for name, archive, images in
-                    zip(real_characters.names, real_characters.archive, real_characters.images)
-                    if archive == "evaluation" for image in images}
+    character_of = {
+        image.tobytes(): name
+        for name, archive, images in zip(real_characters.names, real_characters.archive, real_characters.images)
+        if archive == "evaluation"
+        for image in images
+    }
     for run in runs:
         assert sorted(run.answers.tolist()) == list(range(20))
-        pixels = lambda x: [character_of[image.tobytes()] for image in  # noqa: E731
-                            (x[:, 0] * 255).round().to(torch.uint8).numpy()]
+        pixels = lambda x: [
+            character_of[image.tobytes()]
+            for image in (x[:, 0] * 255).round().to(torch.uint8).numpy()  # noqa: E731
+        ]
         support, query = pixels(run.support), pixels(run.query)
         assert [support[a] for a in run.answers.tolist()] == query
         assert len({name.split("/")[0] for name in support}) == 1  # within one alphabet

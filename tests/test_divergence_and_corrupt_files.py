@@ -4,6 +4,7 @@ and damaged Omniglot members are one line naming the file, damaged caches are re
 
 Training runs are a tiny sinusoid MAML (no data files, ~1 s each); Omniglot archives are built
 small in tmp_path, in the layout of the shared fixture (tests/conftest.py)."""
+
 from __future__ import annotations
 
 import io
@@ -33,8 +34,16 @@ from fastadapt.learners.optimization.maml import MAML
 from fastadapt.trainer import Trainer
 
 PRESET = "maml-sinusoid-5shot"
-TINY = ["train.steps=6", "train.meta_batch=2", "train.checkpoint_every=2", "train.val_every=3",
-        "train.val_episodes=4", "train.log_every=2", "eval.episodes=5", "eval.queries=10"]
+TINY = [
+    "train.steps=6",
+    "train.meta_batch=2",
+    "train.checkpoint_every=2",
+    "train.val_every=3",
+    "train.val_episodes=4",
+    "train.log_every=2",
+    "eval.episodes=5",
+    "eval.queries=10",
+]
 
 
 def cli(capsys, *args) -> tuple[int, list[str]]:
@@ -108,8 +117,9 @@ def test_divergence_mid_run_keeps_the_last_checkpoint_and_best_weights(capsys, r
     monkeypatch.setattr(MAML, "task_loss", nan_loss)
     code, err = cli(capsys, "train", run, "--quiet")
     assert code == 2 and len(err) == 1, err
-    assert ("training diverged at step 5 (non-finite loss/gradient); the last good checkpoint (step 4) is kept"
-            in err[0]) and "lower train.lr (now 0.001)" in err[0]
+    assert (
+        "training diverged at step 5 (non-finite loss/gradient); the last good checkpoint (step 4) is kept" in err[0]
+    ) and "lower train.lr (now 0.001)" in err[0]
     assert snapshot(run) == before  # bytes-identical: nothing written over them
     monkeypatch.setattr(MAML, "task_loss", original)
     code, err = cli(capsys, "train", run, "--quiet")  # and the run still resumes and finishes
@@ -169,8 +179,17 @@ def _episodes(n: int, ways: int = 3, queries: int = 6) -> list[Episode]:
     episodes = []
     for i in range(n):
         answers = torch.arange(queries) % ways
-        episodes.append(Episode(torch.zeros(ways, 1), torch.arange(ways), torch.zeros(queries, 1), answers,
-                                ways=ways, shots=1, info={"index": i, "answers": answers}))
+        episodes.append(
+            Episode(
+                torch.zeros(ways, 1),
+                torch.arange(ways),
+                torch.zeros(queries, 1),
+                answers,
+                ways=ways,
+                shots=1,
+                info={"index": i, "answers": answers},
+            )
+        )
     return episodes
 
 
@@ -181,26 +200,55 @@ def test_nan_query_logits_make_the_episode_non_finite():
     assert clean["nonfinite"] == 0 and clean["mean"] == 1.0
 
 
-@pytest.mark.parametrize("kind,finite", [("one-nan", False), ("posinf", False), ("row-neginf", False),
-                                         ("some-neginf", True)])
+@pytest.mark.parametrize(
+    "kind,finite", [("one-nan", False), ("posinf", False), ("row-neginf", False), ("some-neginf", True)]
+)
 def test_which_scores_count_as_diverged(kind, finite):
     result = evaluate(_NaNLearner({0: kind}), _episodes(1), torch.device("cpu"))
     assert (result["nonfinite"] == 0) is finite
 
 
 def test_eval_output_warns_on_non_finite_classification_episodes(capsys):
-    record = {"metric": "accuracy", "accuracy": float("nan"), "ci95": float("nan"), "ways": 5, "shots": 1,
-              "method": "maml", "dataset": "omniglot", "episodes": 3, "seed": 0, "bn_mode": "transductive",
-              "diverged_episodes": 2, "adapt_steps": None}
+    record = {
+        "metric": "accuracy",
+        "accuracy": float("nan"),
+        "ci95": float("nan"),
+        "ways": 5,
+        "shots": 1,
+        "method": "maml",
+        "dataset": "omniglot",
+        "episodes": 3,
+        "seed": 0,
+        "bn_mode": "transductive",
+        "diverged_episodes": 2,
+        "adapt_steps": None,
+    }
     _print_result(record)
     out = capsys.readouterr().out
     assert "warning:" in out and "non-finite accuracy) on 2 of 3 test episodes" in out
 
 
 # -- 2. damaged result files ----------------------------------------------------------------
-EVAL = {"preset": "p", "method": "maml", "dataset": "sinusoid", "split": "test", "ways": None, "shots": 5,
-        "queries": 10, "episodes": 5, "seed": 0, "metric": "mse", "mse": 0.5, "ci95": 0.1, "std": 0.1,
-        "train_steps": 6, "train_seconds": 1.0, "bn_mode": "none", "reference": {}, "overrides": []}
+EVAL = {
+    "preset": "p",
+    "method": "maml",
+    "dataset": "sinusoid",
+    "split": "test",
+    "ways": None,
+    "shots": 5,
+    "queries": 10,
+    "episodes": 5,
+    "seed": 0,
+    "metric": "mse",
+    "mse": 0.5,
+    "ci95": 0.1,
+    "std": 0.1,
+    "train_steps": 6,
+    "train_seconds": 1.0,
+    "bn_mode": "none",
+    "reference": {},
+    "overrides": [],
+}
 LAKE = {"preset": "p", "method": "maml", "accuracy": 0.5, "mean_error": 50.0}
 DAMAGE = {
     "binary": b"\x89\xff\x00\x13garbage\xfe",
@@ -279,9 +327,7 @@ def _omniglot(root: Path, damage: dict[str, bytes | None] | None = None) -> Path
 
 
 BAD_MEMBER = "images_background/Alpha/character02/0002_07.png"
-BAD_BYTES = {"text": b"this is not a png\n", "half-png": lambda data: data[:len(data) // 2]}
-
-
+BAD_BYTES = {"text": b"this is not a png\n", "half-png": lambda data: data[: len(data) // 2]}
 
 
 @pytest.mark.parametrize("damage", sorted(BAD_BYTES))
@@ -291,8 +337,9 @@ def test_corrupt_member_is_one_line_naming_archive_and_member(damage, tmp_path, 
         omniglot.load_omniglot_characters(root, size=28)
     message = str(caught.value)
     assert BAD_MEMBER in message and "images_background.zip" in message and "replace it" in message
-    code, err = cli(capsys, "train", "protonet-omniglot-quick", "--data-root", root, "--out", tmp_path / "run",
-                    "--quiet")
+    code, err = cli(
+        capsys, "train", "protonet-omniglot-quick", "--data-root", root, "--out", tmp_path / "run", "--quiet"
+    )
     assert code == 2 and len(err) == 1 and BAD_MEMBER in err[0], err
 
 

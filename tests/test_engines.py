@@ -1,16 +1,16 @@
 """The vmap engine: its meta-gradient is the serial engine's (itself checked against finite
 differences in test_optimization.py) and a central finite difference of the mean task loss,
 for every chunking; and the engine choice and its errors."""
+
 import pytest
 import torch
+from helpers import image_task
 
 from fastadapt.engine import ForkEngine, SerialEngine, VmapEngine, make_engine
 from fastadapt.errors import FastAdaptError
 from fastadapt.learners.metric.protonet import ProtoNet
 from fastadapt.learners.optimization.maml import FOMAML, MAML
 from fastadapt.models.backbones import Conv4
-
-from helpers import image_task
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # the CUDA device only steers `auto`; nothing runs on it
 
@@ -36,8 +36,9 @@ def test_vmap_meta_gradient_equals_the_serial_loop(cls, chunk_size):
     learner = learner_of(cls, inner_steps=2)
     tasks = [image_task(s) for s in range(5)]
     serial_metrics, serial = engine_grads(SerialEngine(), learner, tasks)
-    vmap_metrics, vmapped = engine_grads(make_engine("vmap", learner, CPU, len(tasks), chunk_size=chunk_size),
-                                         learner, tasks)
+    vmap_metrics, vmapped = engine_grads(
+        make_engine("vmap", learner, CPU, len(tasks), chunk_size=chunk_size), learner, tasks
+    )
     assert set(vmapped) == set(serial) and len(serial) > 0
     for name in serial:
         torch.testing.assert_close(vmapped[name], serial[name], rtol=1e-9, atol=1e-12)
@@ -83,12 +84,15 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch, fail_in):
     """A compiler that cannot handle the batched loss (e.g. its double backward) must not stop
     training: the engine undoes the failed chunk, warns once and runs eagerly, with the same
     gradient. A failing backward may already have accumulated some parameters' gradients."""
+
     def failing_compile(fn, **kwargs):
         def compiled(*args):
             if fail_in == "forward":
                 raise RuntimeError("double backward is not supported\nmore detail")
             return fn(*args) * FailingBackward.apply(torch.ones(1, requires_grad=True))
+
         return compiled
+
     monkeypatch.setattr(torch, "compile", failing_compile)
     learner = learner_of(MAML)
     tasks = [image_task(s) for s in range(3)]
@@ -99,6 +103,7 @@ def test_compile_falls_back_to_eager_with_a_warning(monkeypatch, fail_in):
     for name in serial:
         torch.testing.assert_close(vmapped[name], serial[name], rtol=1e-9, atol=1e-12)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once only
         engine_grads(engine, learner, tasks)
@@ -123,12 +128,20 @@ def test_auto_picks_vmap_on_cuda_for_batchable_learners_only():
         engine.close()
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: make_engine("vmap", ProtoNet(Conv4(bn="transductive")), CPU, 4), "needs a learner with batched_task_loss"),
-    (lambda: make_engine("vmap", MAML.build(Conv4(hidden=4, out_features=3, bn="inductive"), 3), CPU, 4),
-     "stateless"),
-    (lambda: make_engine("vmap", learner_of(), CPU, 4, chunk_size=-1), "chunk_size must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (
+            lambda: make_engine("vmap", ProtoNet(Conv4(bn="transductive")), CPU, 4),
+            "needs a learner with batched_task_loss",
+        ),
+        (
+            lambda: make_engine("vmap", MAML.build(Conv4(hidden=4, out_features=3, bn="inductive"), 3), CPU, 4),
+            "stateless",
+        ),
+        (lambda: make_engine("vmap", learner_of(), CPU, 4, chunk_size=-1), "chunk_size must be >= 0"),
+    ],
+)
 def test_vmap_engine_configuration_errors(make, match):
     with pytest.raises(FastAdaptError, match=match):
         make()

@@ -3,6 +3,7 @@ disk or a signal leaves the run resumable, workers die with the trainer, one run
 
 All runs are a tiny sinusoid MAML (no data files, ~1 s each); the process tests start the real
 CLI in subprocesses."""
+
 from __future__ import annotations
 
 import errno
@@ -19,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fastadapt.checkpoint import (CheckpointWarning, latest_step, load_weights, read_checkpoint,
-                                  settings_fingerprint)
+from fastadapt.checkpoint import CheckpointWarning, latest_step, load_weights, read_checkpoint, settings_fingerprint
 from fastadapt.cli import main
 from fastadapt.config import load_config
 from fastadapt.errors import FastAdaptError
@@ -29,8 +29,16 @@ from fastadapt.trainer import Trainer, evaluate_run
 from fastadapt.utils import atomic_write, file_mode
 
 PRESET = "maml-sinusoid-5shot"
-TINY = ["train.steps=6", "train.meta_batch=2", "train.checkpoint_every=2", "train.val_every=3",
-        "train.val_episodes=4", "train.log_every=2", "eval.episodes=5", "eval.queries=10"]
+TINY = [
+    "train.steps=6",
+    "train.meta_batch=2",
+    "train.checkpoint_every=2",
+    "train.val_every=3",
+    "train.val_episodes=4",
+    "train.log_every=2",
+    "eval.episodes=5",
+    "eval.queries=10",
+]
 VOLATILE = {"eval_seconds", "train_seconds", "created", "machine"}
 
 
@@ -120,10 +128,12 @@ def _flip_tensor_bytes(path: Path) -> None:
 DAMAGE = {
     "flipped-tensor-bytes": lambda run: _flip_tensor_bytes(ckpt(run, 4, "safetensors")),
     "truncated-weights": lambda run: ckpt(run, 4, "safetensors").write_bytes(
-        ckpt(run, 4, "safetensors").read_bytes()[:500]),
+        ckpt(run, 4, "safetensors").read_bytes()[:500]
+    ),
     "empty-record": lambda run: ckpt(run, 4, "json").write_bytes(b""),
     "edited-record": lambda run: ckpt(run, 4, "json").write_text(
-        ckpt(run, 4, "json").read_text().replace('"elapsed": ', '"elapsed": 1', 1)),
+        ckpt(run, 4, "json").read_text().replace('"elapsed": ', '"elapsed": 1', 1)
+    ),
     "missing-record": lambda run: ckpt(run, 4, "json").unlink(),
     "missing-weights": lambda run: ckpt(run, 4, "safetensors").unlink(),
     "pair-mixed-with-another-step": lambda run: shutil.copy(ckpt(run, 2, "safetensors"), ckpt(run, 4, "safetensors")),
@@ -171,8 +181,13 @@ def test_no_good_checkpoint_is_one_line_naming_the_file(stopped, capsys):
 
 def test_two_newest_checkpoints_are_kept(runs):
     names = sorted(p.name for p in (runs["straight"] / "checkpoints").iterdir())
-    assert names == ["latest.json", "step-00000004.json", "step-00000004.safetensors",
-                     "step-00000006.json", "step-00000006.safetensors"]
+    assert names == [
+        "latest.json",
+        "step-00000004.json",
+        "step-00000004.safetensors",
+        "step-00000006.json",
+        "step-00000006.safetensors",
+    ]
 
 
 def test_best_weights_are_checked_on_load(runs, tmp_path, capsys):
@@ -191,9 +206,16 @@ def test_best_weights_are_checked_on_load(runs, tmp_path, capsys):
         load_weights(runs["straight"] / "best.safetensors", module)
 
 
-@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\xff\xfe", b"- a list\n- not a mapping\n", b"",
-                                     b"name: maml-sinusoid-5shot\ntrain: {steps: 6, meta_"],
-                         ids=["binary", "not-a-mapping", "empty", "truncated"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x89PNG\r\n\x1a\n\x00\xff\xfe",
+        b"- a list\n- not a mapping\n",
+        b"",
+        b"name: maml-sinusoid-5shot\ntrain: {steps: 6, meta_",
+    ],
+    ids=["binary", "not-a-mapping", "empty", "truncated"],
+)
 def test_unreadable_config_yaml_is_one_line(content, stopped, capsys):
     (stopped / "config.yaml").write_bytes(content)
     for command in (["train", stopped, "--quiet"], ["eval", stopped]):
@@ -230,18 +252,22 @@ def full_disk_for(monkeypatch, prefix: str) -> None:
         f = real(fd, *args, **kwargs)
         name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
         return _FullDisk(f) if name.startswith("." + prefix) else f
+
     monkeypatch.setattr(os, "fdopen", fdopen)
 
 
-@pytest.mark.parametrize("failing, resume_step", [("step-00000006.safetensors", 4), ("step-00000006.json", 4),
-                                                  ("latest.json", 6)])
+@pytest.mark.parametrize(
+    "failing, resume_step", [("step-00000006.safetensors", 4), ("step-00000006.json", 4), ("latest.json", 6)]
+)
 def test_full_disk_while_checkpointing(failing, resume_step, stopped, runs, monkeypatch, capsys):
     before = {p.name: p.read_bytes() for p in (stopped / "checkpoints").iterdir()}
     full_disk_for(monkeypatch, failing)
     code, err = cli(capsys, "train", stopped, "--quiet")
     assert code == 2 and len(err) == 1, err
-    assert (f"could not write {stopped / 'checkpoints' / failing}: no space left on device; free space and "
-            f"re-run to resume from step {resume_step}") in err[0]
+    assert (
+        f"could not write {stopped / 'checkpoints' / failing}: no space left on device; free space and "
+        f"re-run to resume from step {resume_step}"
+    ) in err[0]
     after = {p.name: p.read_bytes() for p in (stopped / "checkpoints").iterdir()}
     assert {k: v for k, v in after.items() if "00000006" not in k} == before  # the previous files, intact
     assert not list(stopped.rglob("*.tmp"))
@@ -271,8 +297,11 @@ def test_output_files_follow_the_umask(runs):
 # -- 3. processes and files clean up ---------------------------------------------------------
 def test_stale_temp_files_are_removed_at_start_but_not_new_ones(stopped):
     old = time.time() - 3600
-    stale = [stopped / ".metrics.csv.x1.tmp", stopped / "checkpoints" / ".step-00000006.json.x2.tmp",
-             stopped / "episodes" / ".test.npz.x3.tmp"]
+    stale = [
+        stopped / ".metrics.csv.x1.tmp",
+        stopped / "checkpoints" / ".step-00000006.json.x2.tmp",
+        stopped / "episodes" / ".test.npz.x3.tmp",
+    ]
     for path in stale:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(b"half")
@@ -291,8 +320,14 @@ def _cli_process(run: Path, *settings: str, umask: int | None = None) -> subproc
     args = [sys.executable, "-m", "fastadapt", "train", PRESET, "--quiet", "--out", str(run)]
     for item in _endless(*settings):
         args += ["--set", item]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=(lambda: os.umask(umask)) if umask else None)
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=(lambda: os.umask(umask)) if umask else None,
+    )
 
 
 def _wait_for(condition, what: str, timeout: float = 60):
@@ -353,7 +388,9 @@ def test_fork_workers_die_with_the_trainer(how, tmp_path):
         assert code == {"ctrl-c": 130, "sigterm": 143}[how] and len(err) == 1, err  # no worker traceback
         assert "run the same command again to resume" in err[0]
         step = latest_step(tmp_path / "run")
-        state, _ = read_checkpoint(tmp_path / "run" / "checkpoints", step, settings_fingerprint(load_config(PRESET, _endless(*FORK))))
+        state, _ = read_checkpoint(
+            tmp_path / "run" / "checkpoints", step, settings_fingerprint(load_config(PRESET, _endless(*FORK)))
+        )
         assert state["step"] == step and not list((tmp_path / "run").rglob("*.tmp"))
 
 

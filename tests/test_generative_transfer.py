@@ -1,5 +1,6 @@
 """CNP / NP, the gp1d suite and the transfer baselines against math: Gaussian likelihoods and KL
 in closed form, GP moments, hand-computed heads and SGD steps, frozen-backbone guarantees."""
+
 import math
 
 import numpy as np
@@ -13,12 +14,11 @@ from fastadapt.data.episode import Episode
 from fastadapt.data.gp import GPTasks, rbf_kernel
 from fastadapt.learners import build_learner
 from fastadapt.learners.generative.cnp import CNP, gaussian_head
-from fastadapt.models.backbones import RawInput
 from fastadapt.learners.generative.neural_process import NeuralProcess, kl_diagonal_gaussians
 from fastadapt.learners.transfer.baseline import Baseline, BaselinePlusPlus, cosine_logits, cosine_scale, new_head
 from fastadapt.learners.transfer.multitask import MultiTask
 from fastadapt.learners.transfer.pretrained import Pretrained
-from fastadapt.models.backbones import Conv4
+from fastadapt.models.backbones import Conv4, RawInput
 
 
 def regression_task(seed=0, n_context=4, n_target=6):
@@ -33,9 +33,15 @@ def toy_classification(seed=0, ways=3, shots=2, queries=2, dim=2, classes=(4, 0,
     centres = 3 * torch.stack([angles.cos(), angles.sin()], 1)
     support = centres.repeat_interleave(shots, 0) + 0.1 * torch.randn(ways * shots, dim, generator=g)
     query = centres.repeat_interleave(queries, 0) + 0.1 * torch.randn(ways * queries, dim, generator=g)
-    return Episode(support, torch.arange(ways).repeat_interleave(shots), query,
-                   torch.arange(ways).repeat_interleave(queries), ways=ways, shots=shots,
-                   info={"classes": np.array(classes, dtype=np.int64)})
+    return Episode(
+        support,
+        torch.arange(ways).repeat_interleave(shots),
+        query,
+        torch.arange(ways).repeat_interleave(queries),
+        ways=ways,
+        shots=shots,
+        info={"classes": np.array(classes, dtype=np.int64)},
+    )
 
 
 # ----------------------------------------------------------------------------- gp1d
@@ -45,13 +51,20 @@ def test_gp_tasks_are_pure_and_have_the_rbf_covariance():
     assert not torch.equal(a.task(11).query_y, a.task(12).query_y)
     # E[y1 y2 | x1, x2] = k(x1, x2) and E[y^2] = 1 + jitter: check the averages over 4000 tasks.
     source = GPTasks(1, 1, seed=3)
-    x1, x2, y1, y2 = map(np.array, zip(*[(t.support_x.item(), t.query_x.item(), t.support_y.item(), t.query_y.item())
-                                        for t in map(source.task, range(4000))]))
+    x1, x2, y1, y2 = map(
+        np.array,
+        zip(
+            *[
+                (t.support_x.item(), t.query_x.item(), t.support_y.item(), t.query_y.item())
+                for t in map(source.task, range(4000))
+            ]
+        ),
+    )
     residual = y1 * y2 - rbf_kernel(x1, x2, 0.4, 1.0).diagonal()
     assert abs(residual.mean()) < 0.06  # standard error ~0.02
     wrong = y1 * y2 - rbf_kernel(x1, x2, 1.2, 1.0).diagonal()  # a wrong lengthscale is detected
     assert abs(wrong.mean()) > 0.15
-    assert abs((y1 ** 2).mean() - 1.0) < 0.08
+    assert abs((y1**2).mean() - 1.0) < 0.08
     assert np.all(np.abs(np.concatenate([x1, x2])) <= 2.0)
 
 
@@ -66,6 +79,7 @@ def test_gp_posterior_one_point_by_hand_and_variable_context():
     assert sizes == set(range(3, 11))
     suite_cfg = load_config("cnp-gp1d", ["train.episodes.shots=6", "train.episodes.queries=3"])
     from fastadapt.data import build_suite
+
     suite = build_suite(suite_cfg, None)
     assert 3 <= len(suite.train_task(5).support_x) <= 6 and len(suite.train_task(5).query_x) == 3
     fixed = suite.fixed_set("test", None, 4, 7, 3, seed=1)
@@ -76,8 +90,10 @@ def test_gp_posterior_one_point_by_hand_and_variable_context():
 def test_gaussian_head_sigma_formula():
     mean, sigma = gaussian_head(torch.tensor([[2.0, 0.0], [-1.0, -50.0]], dtype=torch.float64))
     torch.testing.assert_close(mean.squeeze(-1), torch.tensor([2.0, -1.0], dtype=torch.float64))
-    torch.testing.assert_close(sigma.squeeze(-1), torch.tensor([0.1 + 0.9 * math.log(2), 0.1 + 0.9 * math.log1p(math.exp(-50))],
-                                                               dtype=torch.float64))
+    torch.testing.assert_close(
+        sigma.squeeze(-1),
+        torch.tensor([0.1 + 0.9 * math.log(2), 0.1 + 0.9 * math.log1p(math.exp(-50))], dtype=torch.float64),
+    )
 
 
 def test_cnp_regression_loss_is_gaussian_nll_of_context_and_query():
@@ -126,8 +142,9 @@ def test_kl_of_diagonal_gaussians_closed_form():
     # dim 0: log 2 + (1 + 1) / 8 - 1/2; dim 1: log 2 + (0.09 + 1) / 0.72 - 1/2
     by_hand = (math.log(2) + 2 / 8 - 0.5) + (math.log(2) + 1.09 / 0.72 - 0.5)
     assert kl_diagonal_gaussians(mu_q, sigma_q, mu_p, sigma_p).item() == pytest.approx(by_hand, rel=1e-12)
-    reference = torch.distributions.kl_divergence(torch.distributions.Normal(mu_q, sigma_q),
-                                                  torch.distributions.Normal(mu_p, sigma_p)).sum()
+    reference = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu_q, sigma_q), torch.distributions.Normal(mu_p, sigma_p)
+    ).sum()
     torch.testing.assert_close(kl_diagonal_gaussians(mu_q, sigma_q, mu_p, sigma_p), reference)
     assert kl_diagonal_gaussians(mu_q, sigma_q, mu_q, sigma_q).item() == 0.0
 
@@ -153,8 +170,9 @@ def test_neural_process_shapes_positive_variance_and_elbo():
     mu_prior, sigma_prior = npm.latent(task.support_x, task.support_y)
     z = mu_post + sigma_post * npm._noise(task, mu_post.shape)
     m, s = npm.decode(task.support_x, task.support_y, z, x)
-    kl = torch.distributions.kl_divergence(torch.distributions.Normal(mu_post, sigma_post),
-                                           torch.distributions.Normal(mu_prior, sigma_prior)).sum()
+    kl = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu_post, sigma_post), torch.distributions.Normal(mu_prior, sigma_prior)
+    ).sum()
     torch.testing.assert_close(loss, -torch.distributions.Normal(m, s).log_prob(y).mean() + kl / len(x))
     assert metrics["kl"] == pytest.approx(kl.item(), abs=1e-6)  # float32 cancellation
     torch.testing.assert_close(npm.task_loss(task)[0], loss, rtol=0, atol=0)  # pure in (params, task, step)
@@ -188,12 +206,24 @@ def test_baseline_pretraining_uses_global_labels():
 def test_finetune_one_sgd_step_by_hand():
     """One epoch with the whole support in one batch is one SGD step: W1 = W0 - lr (grad + wd W0),
     grad of the mean cross-entropy = (softmax - onehot)^T z / n (the first momentum step is the gradient)."""
-    learner = Baseline.build(RawInput(2), 3, num_train_classes=6, finetune_epochs=1, finetune_batch=100,
-                             finetune_lr=0.5, finetune_seed=3)
+    learner = Baseline.build(
+        RawInput(2), 3, num_train_classes=6, finetune_epochs=1, finetune_batch=100, finetune_lr=0.5, finetune_seed=3
+    )
     task = toy_classification()
     from fastadapt.learners.transfer.baseline import fine_tune
-    head, _ = fine_tune(learner.backbone, task.support_x, task.support_y, 3, cosine=False, finetune_backbone=False,
-                        epochs=1, batch_size=100, lr=0.5, seed=3)
+
+    head, _ = fine_tune(
+        learner.backbone,
+        task.support_x,
+        task.support_y,
+        3,
+        cosine=False,
+        finetune_backbone=False,
+        epochs=1,
+        batch_size=100,
+        lr=0.5,
+        seed=3,
+    )
     w0 = new_head(2, 3, False, torch.Generator().manual_seed(3))
     p = torch.softmax(task.support_x @ w0["weight"].T + w0["bias"], -1)
     delta = (p - F.one_hot(task.support_y, 3).float()) / len(task.support_x)
@@ -205,12 +235,19 @@ def test_finetune_one_sgd_step_by_hand():
 def test_finetuning_leaves_the_backbone_bitwise_unchanged(cls):
     torch.manual_seed(0)
     extra = {"group_size": 2} if cls is MultiTask else {}
-    learner = cls.build(Conv4(hidden=4, bn="inductive", image_size=16), 3, num_train_classes=6,
-                        finetune_epochs=3, **extra)
+    learner = cls.build(
+        Conv4(hidden=4, bn="inductive", image_size=16), 3, num_train_classes=6, finetune_epochs=3, **extra
+    )
     g = torch.Generator().manual_seed(1)
-    task = Episode(torch.rand(6, 1, 16, 16, generator=g), torch.arange(3).repeat_interleave(2),
-                   torch.rand(6, 1, 16, 16, generator=g), torch.arange(3).repeat_interleave(2), ways=3, shots=2,
-                   info={"classes": np.array([5, 1, 2])})
+    task = Episode(
+        torch.rand(6, 1, 16, 16, generator=g),
+        torch.arange(3).repeat_interleave(2),
+        torch.rand(6, 1, 16, 16, generator=g),
+        torch.arange(3).repeat_interleave(2),
+        ways=3,
+        shots=2,
+        info={"classes": np.array([5, 1, 2])},
+    )
     learner.task_loss(task)[0].backward()  # one pretraining forward: BN running stats move (train mode)
     learner.eval()
     before = {k: v.clone() for k, v in learner.state_dict().items()}
@@ -277,10 +314,21 @@ def test_pretrained_fine_tunes_with_plain_sgd_closed_form():
 
 
 # ----------------------------------------------------------------------------- presets, trainer, script
-@pytest.mark.parametrize("preset", ["cnp-omniglot-5w1s", "cnp-omniglot-20w1s", "baseline-omniglot-5w1s",
-                                    "baselinepp-omniglot-5w1s", "baselinepp-omniglot-20w1s",
-                                    "multitask-omniglot-5w1s", "pretrained-sinusoid-5shot",
-                                    "pretrained-sinusoid-10shot", "cnp-sinusoid-5shot", "np-gp1d"])
+@pytest.mark.parametrize(
+    "preset",
+    [
+        "cnp-omniglot-5w1s",
+        "cnp-omniglot-20w1s",
+        "baseline-omniglot-5w1s",
+        "baselinepp-omniglot-5w1s",
+        "baselinepp-omniglot-20w1s",
+        "multitask-omniglot-5w1s",
+        "pretrained-sinusoid-5shot",
+        "pretrained-sinusoid-10shot",
+        "cnp-sinusoid-5shot",
+        "np-gp1d",
+    ],
+)
 def test_presets_build(preset):
     config = load_config(preset)
     shape = (1, 28, 28) if config.data.dataset == "omniglot" else (1,)
@@ -291,15 +339,28 @@ def test_presets_build(preset):
 def test_cnp_trains_on_gp1d_and_np_regression_script_writes_results(tmp_path):
     import json
     import runpy
+
     from fastadapt.trainer import Trainer
-    overrides = ["train.steps=4", "train.meta_batch=2", "train.val_every=2", "train.val_episodes=2",
-                 "train.checkpoint_every=2", "train.log_every=2", "eval.episodes=3", "eval.queries=5",
-                 "learner.args.encoder=[8, 8]", "learner.args.latent_encoder=[8]", "learner.args.latent_dim=2",
-                 "learner.args.decoder=[8]"]
+
+    overrides = [
+        "train.steps=4",
+        "train.meta_batch=2",
+        "train.val_every=2",
+        "train.val_episodes=2",
+        "train.checkpoint_every=2",
+        "train.log_every=2",
+        "eval.episodes=3",
+        "eval.queries=5",
+        "learner.args.encoder=[8, 8]",
+        "learner.args.latent_encoder=[8]",
+        "learner.args.latent_dim=2",
+        "learner.args.decoder=[8]",
+    ]
     Trainer(load_config("np-gp1d", overrides), tmp_path / "run", quiet=True).fit()
     script = runpy.run_path(str(__import__("pathlib").Path(__file__).parents[1] / "scripts" / "np_regression.py"))
-    script["main"]([str(tmp_path / "run"), "--context", "1", "3", "--episodes", "4", "--samples", "2",
-                    "--plot-tasks", "1"])
+    script["main"](
+        [str(tmp_path / "run"), "--context", "1", "3", "--episodes", "4", "--samples", "2", "--plot-tasks", "1"]
+    )
     record = json.loads((tmp_path / "run" / "np_regression.json").read_text())
     assert [r["context"] for r in record["results"]] == [1, 3]
     assert all(r["tasks"] == 4 and math.isfinite(r["log_likelihood"]) for r in record["results"])

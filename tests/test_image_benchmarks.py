@@ -4,10 +4,10 @@ incomplete and missing files are one-line errors naming them; decoding happens o
 
 Fixture images are flat colours coding (class, image): red = 4 * class index in the split's
 list, green = 40 * image number, so a loaded item tells where it came from."""
+
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import struct
 import tarfile
@@ -17,8 +17,7 @@ import pytest
 from PIL import Image
 
 from fastadapt.config import config_from_dict
-from fastadapt.data import build_suite
-from fastadapt.data import cifarfs, cub, miniimagenet
+from fastadapt.data import build_suite, cifarfs, cub, miniimagenet
 from fastadapt.data.safe_pickle import safe_load, split_classes
 from fastadapt.errors import FastAdaptError
 
@@ -85,17 +84,22 @@ def py2_pickle(obj) -> bytes:
             assert isinstance(o, np.ndarray) and o.dtype == np.uint8
             out.append(b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R(K\x01")
             emit(tuple(int(s) for s in o.shape))
-            out.append(b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89")
+            out.append(
+                b"cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+            )
             data = np.ascontiguousarray(o).tobytes()
             out.append(b"T" + struct.pack("<i", len(data)) + data + b"tb")
+
     emit(obj)
     return b"".join(out) + b"."
 
 
 # ----------------------------------------------------------------------------- shipped splits
 
-@pytest.mark.parametrize("dataset, counts", [("miniimagenet", (64, 16, 20)), ("cifarfs", (64, 16, 20)),
-                                             ("cub", (100, 50, 50))])
+
+@pytest.mark.parametrize(
+    "dataset, counts", [("miniimagenet", (64, 16, 20)), ("cifarfs", (64, 16, 20)), ("cub", (100, 50, 50))]
+)
 def test_shipped_splits_have_the_papers_counts_and_no_overlap(dataset, counts):
     lists = {s: split_classes(dataset, s) for s in SPLITS}
     assert tuple(len(lists[s]) for s in SPLITS) == counts
@@ -113,9 +117,15 @@ def test_shipped_splits_have_the_papers_counts_and_no_overlap(dataset, counts):
 
 # ----------------------------------------------------------------------------- restricted unpickler
 
+
 def test_safe_load_reads_arrays_and_plain_values_in_every_protocol():
-    value = {"image_data": np.arange(24, dtype=np.uint8).reshape(2, 2, 2, 3), "class_dict": {"n1": [0], "n2": [1]},
-             "scalar": np.int64(3), "bytes": b"\xff\x00", "strided": np.ones((3, 4), ">f8")[:, ::2]}
+    value = {
+        "image_data": np.arange(24, dtype=np.uint8).reshape(2, 2, 2, 3),
+        "class_dict": {"n1": [0], "n2": [1]},
+        "scalar": np.int64(3),
+        "bytes": b"\xff\x00",
+        "strided": np.ones((3, 4), ">f8")[:, ::2],
+    }
     for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
         loaded = safe_load(pickle.dumps(value, protocol=protocol))
         assert (loaded["image_data"] == value["image_data"]).all() and loaded["class_dict"] == value["class_dict"]
@@ -141,6 +151,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
 
 
 # ----------------------------------------------------------------------------- mini-ImageNet
+
 
 def ravi_files(base, per_class=3):
     """Ravi's pre-resized layout: images/<wnid><id:08d>.jpg for every class, csv files listing ids 1 and 3."""
@@ -172,7 +183,7 @@ def test_miniimagenet_imagenet_folders_with_and_without_csv(tmp_path, monkeypatc
     wnids = split_classes("miniimagenet", "test")
     for k, wnid in enumerate(wnids):
         (base / "train" / wnid).mkdir(parents=True)
-        for j, number in enumerate((10, 2, 33)):  # ImageNet order by number: 2, 10, 33
+        for number in (10, 2, 33):  # ImageNet order by number: 2, 10, 33
             (base / "train" / wnid / f"{wnid}_{number}.JPEG").write_bytes(jpeg(4 * k, 40 * (number % 6)))
     data = suite("miniimagenet", base).split("test")  # no csv: every image, in file-name order
     assert len(data) == 60 and (codes(data)[0] == data.labels).all()
@@ -185,7 +196,9 @@ def test_miniimagenet_imagenet_folders_with_and_without_csv(tmp_path, monkeypatc
     data = suite("miniimagenet", base).split("test")  # csv ids 1 and 3: ImageNet images 2 and 33
     assert len(data) == 40 and list(codes(data)[1][:2]) == [2, 3]
     assert data.sources[1].endswith(f"{wnids[0]}_33.JPEG")
-    (base / "test.csv").write_text("filename,label\n" + "\n".join(rows[1:-1] + [f"{wnids[-1]}00000009.jpg,{wnids[-1]}"]))
+    (base / "test.csv").write_text(
+        "filename,label\n" + "\n".join(rows[1:-1] + [f"{wnids[-1]}00000009.jpg,{wnids[-1]}"])
+    )
     with pytest.raises(FastAdaptError) as excinfo:
         suite("miniimagenet", base).split("test")
     one_line_error(excinfo, "test.csv", f"{wnids[-1]}00000009.jpg")
@@ -198,7 +211,7 @@ def test_miniimagenet_pickles_and_npz(tmp_path):
     val = split_classes("miniimagenet", "val")
     images = rng.integers(0, 256, (2 * len(val), 84, 84, 3), dtype=np.uint8)
     order = rng.permutation(len(images))
-    class_dict = {w: [int(i) for i in order[2 * k:2 * k + 2]] for k, w in enumerate(val)}
+    class_dict = {w: [int(i) for i in order[2 * k : 2 * k + 2]] for k, w in enumerate(val)}
     (base / "mini-imagenet-cache-val.pkl").write_bytes(pickle.dumps({"image_data": images, "class_dict": class_dict}))
     data = suite("miniimagenet", base, size=84).split("val")
     assert data.class_names == val and data.item_shape == (3, 84, 84)
@@ -242,11 +255,19 @@ def test_miniimagenet_corrupt_image_and_missing_dataset(tmp_path):
     one_line_error(excinfo, bad)
     with pytest.raises(FastAdaptError) as excinfo:
         suite("miniimagenet", tmp_path / "nothing").split("val")
-    one_line_error(excinfo, tmp_path / "nothing", "mini-imagenet-cache-val.pkl", "val.csv", "does not exist",
-                   "data.args.root", "meta-learning-lstm")
+    one_line_error(
+        excinfo,
+        tmp_path / "nothing",
+        "mini-imagenet-cache-val.pkl",
+        "val.csv",
+        "does not exist",
+        "data.args.root",
+        "meta-learning-lstm",
+    )
 
 
 # ----------------------------------------------------------------------------- CIFAR-FS
+
 
 def cifar_parts():
     """CIFAR-100's train/test/meta pickles (Python 2 format) for all 100 classes: 2 train + 1 test
@@ -258,8 +279,13 @@ def cifar_parts():
         data = np.zeros((len(labels), 3, 32, 32), np.uint8)
         for i, c in enumerate(labels):
             data[i, 0], data[i, 1] = c, first + (i % per_class if per_class > 1 else 0)
-        parts[part] = py2_pickle({"data": data.reshape(len(labels), -1), "fine_labels": labels,
-                                  "filenames": [f"img_{i}.png" for i in range(len(labels))]})
+        parts[part] = py2_pickle(
+            {
+                "data": data.reshape(len(labels), -1),
+                "fine_labels": labels,
+                "filenames": [f"img_{i}.png" for i in range(len(labels))],
+            }
+        )
     parts["meta"] = py2_pickle({"fine_label_names": names, "coarse_label_names": ["x"] * 20})
     return names, parts
 
@@ -297,8 +323,13 @@ def test_cifarfs_bad_files_and_download(tmp_path, monkeypatch):
     names, parts = cifar_parts()
     (tmp_path / "evil").mkdir()
     marker = tmp_path / "pwned"
-    write_tar(tmp_path / "evil" / "cifar-100-python.tar.gz",
-              {**{f"cifar-100-python/{k}": v for k, v in parts.items()}, "cifar-100-python/train": pickle.dumps(Evil(marker))})
+    write_tar(
+        tmp_path / "evil" / "cifar-100-python.tar.gz",
+        {
+            **{f"cifar-100-python/{k}": v for k, v in parts.items()},
+            "cifar-100-python/train": pickle.dumps(Evil(marker)),
+        },
+    )
     with pytest.raises(FastAdaptError) as excinfo:
         suite("cifarfs", tmp_path / "evil").split("train")
     one_line_error(excinfo, "cifar-100-python.tar.gz:cifar-100-python/train", "refusing")
@@ -312,8 +343,13 @@ def test_cifarfs_bad_files_and_download(tmp_path, monkeypatch):
     one_line_error(excinfo, tmp_path / "cut" / "cifar-100-python.tar.gz")
     with pytest.raises(FastAdaptError) as excinfo:
         suite("cifarfs", tmp_path / "none").split("train")
-    one_line_error(excinfo, tmp_path / "none" / "cifar-100-python.tar.gz", tmp_path / "none" / "cifar-100-python",
-                   "--download", cifarfs.URL)
+    one_line_error(
+        excinfo,
+        tmp_path / "none" / "cifar-100-python.tar.gz",
+        tmp_path / "none" / "cifar-100-python",
+        "--download",
+        cifarfs.URL,
+    )
     calls = []
 
     def fake_download(url, dest, md5, min_bytes=0):
@@ -321,6 +357,7 @@ def test_cifarfs_bad_files_and_download(tmp_path, monkeypatch):
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(good.read_bytes())
         return dest
+
     monkeypatch.setattr(cifarfs, "download_file", fake_download)
     assert suite("cifarfs", tmp_path / "fetched", download=True).split("val").num_classes == 16
     assert calls == [(cifarfs.URL, "eb9058c3a382ffc7106e4002c42a8d85")]
@@ -338,6 +375,7 @@ def test_cifarfs_png_folders(tmp_path):
 
 
 # ----------------------------------------------------------------------------- CUB
+
 
 def cub_folder(base):
     """CUB_200_2011/ with images/<NNN.Name>/<Name>_000j_<id>.jpg (2 per class) and its index files."""
@@ -372,8 +410,10 @@ def test_cub_folder_archive_and_cache(tmp_path, monkeypatch):
     (tmp_path / "CUB_200_2011.tgz").rename(tmp_path / "arch" / "CUB_200_2011.tgz")
     from_archive = suite("cub", tmp_path / "arch").split("val")
     assert np.array_equal(from_archive.items.numpy(), data.items.numpy())
-    assert from_archive.sources[0] == f"{tmp_path / 'arch' / 'CUB_200_2011.tgz'}:CUB_200_2011/images/" + \
-        data.sources[0].split("/images/")[1]
+    assert (
+        from_archive.sources[0]
+        == f"{tmp_path / 'arch' / 'CUB_200_2011.tgz'}:CUB_200_2011/images/" + data.sources[0].split("/images/")[1]
+    )
     cropped = suite("cub", tmp_path / "cub", size=8, resize="center_crop").split("test")
     assert cropped.item_shape == (3, 8, 8) and cropped.num_classes == 50
 
@@ -399,5 +439,6 @@ def test_cub_corrupt_missing_and_not_found(tmp_path):
     one_line_error(excinfo, gone, "images.txt")
     with pytest.raises(FastAdaptError) as excinfo:
         suite("cub", tmp_path / "none").split("train")
-    one_line_error(excinfo, tmp_path / "none" / "CUB_200_2011.tgz", tmp_path / "none" / "CUB_200_2011" / "images",
-                   cub.URL)
+    one_line_error(
+        excinfo, tmp_path / "none" / "CUB_200_2011.tgz", tmp_path / "none" / "CUB_200_2011" / "images", cub.URL
+    )

@@ -1,5 +1,6 @@
 """`imagefolder`: the user's own class folders, checked against generated fixtures whose content
 is known (each class draws its own shape in its own colour), not against earlier output."""
+
 from __future__ import annotations
 
 import io
@@ -17,15 +18,19 @@ from PIL import Image, ImageDraw
 
 from fastadapt.config import apply_overrides, config_from_dict
 from fastadapt.data import imagefolder
-from fastadapt.data.images import decode_image
 from fastadapt.data.imagefolder import ImageFolderSuite, load_image_folder
+from fastadapt.data.images import decode_image
 from fastadapt.errors import FastAdaptError
 from fastadapt.registry import DATASETS
 
 SIZE = 16
 #: class -> (shape, colour); 5 images each, formats cycled, image 0 grayscale.
-CLASSES = {"circles": ("ellipse", (220, 30, 30)), "squares": ("rectangle", (30, 170, 40)),
-           "stars": ("polygon", (40, 60, 220)), "zigzags": ("line", (200, 160, 20))}
+CLASSES = {
+    "circles": ("ellipse", (220, 30, 30)),
+    "squares": ("rectangle", (30, 170, 40)),
+    "stars": ("polygon", (40, 60, 220)),
+    "zigzags": ("line", (200, 160, 20)),
+}
 FORMATS = ["png", "jpg", "bmp", "webp", "tif", "pgm", "jpeg"]
 PER_CLASS = 5
 
@@ -77,8 +82,10 @@ def built(*args, **kwargs) -> ImageFolderSuite:
 
 
 def config(root, *overrides: str, size: int = SIZE, ways: int = 2, shots: int = 1, queries: int = 1, **args):
-    values = {"data": {"dataset": "imagefolder", "image_size": size, "args": {"root": str(root), **args}},
-              "train": {"episodes": {"ways": ways, "shots": shots, "queries": queries}}}
+    values = {
+        "data": {"dataset": "imagefolder", "image_size": size, "args": {"root": str(root), **args}},
+        "train": {"episodes": {"ways": ways, "shots": shots, "queries": queries}},
+    }
     return config_from_dict(apply_overrides(values, list(overrides)))
 
 
@@ -196,33 +203,46 @@ def test_fractional_splits_are_disjoint_cover_the_classes_and_follow_the_seed(tm
 
 
 def test_explicit_class_lists_give_exactly_those_classes(folder):
-    suite = ImageFolderSuite(config(folder, train_classes=["stars", "circles"], val_classes=["squares"],
-                                    test_classes=["zigzags"]))
+    suite = ImageFolderSuite(
+        config(folder, train_classes=["stars", "circles"], val_classes=["squares"], test_classes=["zigzags"])
+    )
     assert suite.split("train").class_names == ["circles", "stars"]
     assert suite.split("val").class_names == ["squares"] and suite.split("test").class_names == ["zigzags"]
     train = suite.split("train")
-    assert all(Path(s).relative_to(folder).parts[0] == train.class_names[y] for s, y in zip(train.sources, train.labels))
+    assert all(
+        Path(s).relative_to(folder).parts[0] == train.class_names[y] for s, y in zip(train.sources, train.labels)
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["data.args.rot=x"], "unknown setting data.args.rot; valid keys here: channels, invert, resize, root"),
-    (["data.args.channels=2"], "data.args.channels must be one of 1, 3; got 2"),
-    (["data.args.resize=crop"], "data.args.resize must be one of 'squash', 'center_crop'"),
-    (["data.args.skip_bad=maybe"], "data.args.skip_bad must be bool"),
-    (["data.args.root=null"], "data.args.root is required"),
-    (["data.args.split_fractions=[0.5,0.6,0.1]"], "split_fractions must be 3 non-negative shares"),
-    (["data.args.split_fractions=[0.5,0.5]"], "split_fractions must be 3 non-negative shares"),
-    (["data.args.split_seed=-1"], "split_seed must be a non-negative integer"),
-    (["data.args.train_classes=[circles,squares]", "data.args.val_classes=[squares]"],
-     "class 'squares' is listed in data.args.train_classes and in data.args.val_classes"),
-    (["data.args.train_classes=[circles,triangles]"], "data.args.train_classes: no class folder 'triangles'"),
-    (["data.args.train_classes=[circles,7]"], "data.args.train_classes[1] must be a class-folder name"),
-    (["data.args.train_classes=circles"], "data.args.train_classes must be a non-empty list"),
-    (["data.args.train_classes=[circles,squares]", "data.args.split_fractions=[0.5,0.5,0]"], "not both"),
-    (["data.args.train_classes=[circles,squares]", "data.args.test_classes=[stars]"],
-     "imagefolder has no 'val' split: data.args lists classes for train, test only"),
-    (["data.val_split=valid"], "data.val_split: imagefolder has no split 'valid'; valid splits: train, val, test, all"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.args.rot=x"], "unknown setting data.args.rot; valid keys here: channels, invert, resize, root"),
+        (["data.args.channels=2"], "data.args.channels must be one of 1, 3; got 2"),
+        (["data.args.resize=crop"], "data.args.resize must be one of 'squash', 'center_crop'"),
+        (["data.args.skip_bad=maybe"], "data.args.skip_bad must be bool"),
+        (["data.args.root=null"], "data.args.root is required"),
+        (["data.args.split_fractions=[0.5,0.6,0.1]"], "split_fractions must be 3 non-negative shares"),
+        (["data.args.split_fractions=[0.5,0.5]"], "split_fractions must be 3 non-negative shares"),
+        (["data.args.split_seed=-1"], "split_seed must be a non-negative integer"),
+        (
+            ["data.args.train_classes=[circles,squares]", "data.args.val_classes=[squares]"],
+            "class 'squares' is listed in data.args.train_classes and in data.args.val_classes",
+        ),
+        (["data.args.train_classes=[circles,triangles]"], "data.args.train_classes: no class folder 'triangles'"),
+        (["data.args.train_classes=[circles,7]"], "data.args.train_classes[1] must be a class-folder name"),
+        (["data.args.train_classes=circles"], "data.args.train_classes must be a non-empty list"),
+        (["data.args.train_classes=[circles,squares]", "data.args.split_fractions=[0.5,0.5,0]"], "not both"),
+        (
+            ["data.args.train_classes=[circles,squares]", "data.args.test_classes=[stars]"],
+            "imagefolder has no 'val' split: data.args lists classes for train, test only",
+        ),
+        (
+            ["data.val_split=valid"],
+            "data.val_split: imagefolder has no split 'valid'; valid splits: train, val, test, all",
+        ),
+    ],
+)
 def test_bad_data_args_are_one_line_errors(folder, overrides, message):
     with pytest.raises(FastAdaptError) as excinfo:
         ImageFolderSuite(config(folder, *overrides)).split("val")
@@ -230,8 +250,12 @@ def test_bad_data_args_are_one_line_errors(folder, overrides, message):
 
 
 def test_bad_roots_and_empty_class_folders_are_one_line_errors_naming_the_folder(tmp_path):
-    for root, message in [(tmp_path / "nope", "does not exist"), (tmp_path / "file.png", "is not a folder"),
-                          (tmp_path / "flat", "no class folders in"), (tmp_path / "hollow", "has no images")]:
+    for root, message in [
+        (tmp_path / "nope", "does not exist"),
+        (tmp_path / "file.png", "is not a folder"),
+        (tmp_path / "flat", "no class folders in"),
+        (tmp_path / "hollow", "has no images"),
+    ]:
         if root.name == "file.png":
             root.write_bytes(b"")
         elif root.name == "flat":
@@ -251,14 +275,24 @@ def test_too_small_class_is_named_with_its_count_by_the_sampler(folder):
     for i in range(3):
         drawing("ellipse", (0, 0, 0), 20, 20).save(folder / "tiny" / f"{i}.png")
     with pytest.raises(FastAdaptError) as excinfo:
-        built(folder, ways=2, shots=1, queries=3, train_classes=["tiny", "stars"], val_classes=["circles"],
-              test_classes=["squares"])
+        built(
+            folder,
+            ways=2,
+            shots=1,
+            queries=3,
+            train_classes=["tiny", "stars"],
+            val_classes=["circles"],
+            test_classes=["squares"],
+        )
     assert "class 'tiny' of imagefolder/shapes/train has only 3" in one_line_error(excinfo)
 
 
 def test_parallel_decoding_matches_one_process(folder, monkeypatch):
-    paths = sorted(str(p) for p in folder.rglob("*")
-                   if p.suffix in (".png", ".jpg", ".bmp", ".webp") and "." not in p.parent.name + p.stem)
+    paths = sorted(
+        str(p)
+        for p in folder.rglob("*")
+        if p.suffix in (".png", ".jpg", ".bmp", ".webp") and "." not in p.parent.name + p.stem
+    )
     paths.insert(3, str(folder / "README.md"))  # unreadable as an image
     serial_items, serial_bad = imagefolder._decode_chunk(paths, SIZE, 3, "squash")
     monkeypatch.setattr(imagefolder, "_PARALLEL_MIN_IMAGES", 1)
@@ -268,6 +302,7 @@ def test_parallel_decoding_matches_one_process(folder, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- worker lifetime
+
 
 def _slow_decode(marks: str, *args, **kwargs):
     Path(marks, str(os.getpid())).touch()
@@ -322,6 +357,7 @@ def test_decode_workers_cannot_outlive_the_parent(tmp_path, how):
 
 
 # ----------------------------------------------------------------------------- decode_image details
+
 
 def _encoded(img: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()

@@ -5,6 +5,7 @@ metric's direction is declared; settings are a typed, documented `Args` dataclas
 bad values are one-line errors. Plus the ProtoNet prototypes by label in closed form, and the
 one-line errors of `model.backbone_args`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,13 +30,17 @@ from fastadapt.registry import LEARNERS
 NAMES = LEARNERS.names()
 WAYS, SIZE, NUM_TRAIN_CLASSES = 3, 16, 6
 #: Small networks and short test-time fine-tuning, so every learner runs in well under a second.
-SMALL_ARGS = {"cnp": {"encoder": [8, 8], "decoder": [8]},
-              "np": {"encoder": [8, 8], "latent_encoder": [8], "latent_dim": 3, "decoder": [8]},
-              "gnn": {"layers": 1, "node_features": 6}, "relation": {"hidden": 6, "fc_hidden": 4},
-              "reptile": {"eval_inner_iters": 3, "eval_inner_batch": 3},
-              "baseline": {"finetune_epochs": 2}, "baseline++": {"finetune_epochs": 2},
-              "multitask": {"finetune_epochs": 2, "group_size": 3},
-              "maml": {"eval_inner_steps": 2}}
+SMALL_ARGS = {
+    "cnp": {"encoder": [8, 8], "decoder": [8]},
+    "np": {"encoder": [8, 8], "latent_encoder": [8], "latent_dim": 3, "decoder": [8]},
+    "gnn": {"layers": 1, "node_features": 6},
+    "relation": {"hidden": 6, "fc_hidden": 4},
+    "reptile": {"eval_inner_iters": 3, "eval_inner_batch": 3},
+    "baseline": {"finetune_epochs": 2},
+    "baseline++": {"finetune_epochs": 2},
+    "multitask": {"finetune_epochs": 2, "group_size": 3},
+    "maml": {"eval_inner_steps": 2},
+}
 #: Image backbones (inductive BN: eval-mode predictions are per item) for learners that need a special one.
 IMAGE_BACKBONES = {"relation": {"hidden": 8, "bn": "inductive", "pooled_blocks": 2, "flatten": False}}
 
@@ -47,17 +52,23 @@ def make_config(name: str, args: dict | None = None, regression: bool = False, b
             backbone = ("mlp", {"hidden": [8]}) if cls.needs_head else ("raw-input", {})
         else:
             backbone = ("conv4", IMAGE_BACKBONES.get(name, {"hidden": 8, "bn": "inductive"}))
-    return config_from_dict({
-        "learner": {"name": name, "args": SMALL_ARGS.get(name, {}) if args is None else args},
-        "model": {"backbone": backbone[0], "backbone_args": backbone[1], "channels_last": False},
-        "train": {"episodes": {"ways": None if regression else WAYS, "shots": 2, "queries": 3}}})
+    return config_from_dict(
+        {
+            "learner": {"name": name, "args": SMALL_ARGS.get(name, {}) if args is None else args},
+            "model": {"backbone": backbone[0], "backbone_args": backbone[1], "channels_last": False},
+            "train": {"episodes": {"ways": None if regression else WAYS, "shots": 2, "queries": 3}},
+        }
+    )
 
 
 def build(name: str, regression: bool = False, **kwargs):
     torch.manual_seed(0)
     shape = (1,) if regression else (1, SIZE, SIZE)
-    learner = build_learner(make_config(name, regression=regression, **kwargs), shape,
-                            num_train_classes=None if regression else NUM_TRAIN_CLASSES)
+    learner = build_learner(
+        make_config(name, regression=regression, **kwargs),
+        shape,
+        num_train_classes=None if regression else NUM_TRAIN_CLASSES,
+    )
     return learner.eval()
 
 
@@ -100,6 +111,7 @@ CLASSIFIERS = [n for n in NAMES if is_classifier(n)]
 
 # ------------------------------------------------------------------------------ settings
 
+
 @pytest.mark.parametrize("name", NAMES)
 def test_args_is_a_documented_dataclass_with_defaults(name):
     args_cls = LEARNERS.get(name).Args
@@ -123,19 +135,22 @@ def test_a_typo_in_learner_args_is_one_line_naming_the_valid_keys(name):
     assert all(k in message for k in keys) if keys else "no settings" in message, message
 
 
-@pytest.mark.parametrize("name,args,expected", [
-    ("maml", {"inner_steps": 0}, "learner.args.inner_steps = 0 is out of range; it must be >= 1"),
-    ("anil", {"msl_fraction": 1.5}, "learner.args.msl_fraction = 1.5 is out of range; it must be in [0, 1]"),
-    ("maml", {"lslr": True, "learn_inner_lr": True}, "learner.args.learn_inner_lr = True"),
-    ("metasgd", {"lslr": True}, "learner.args.lslr = True is out of range; it must be false for metasgd"),
-    ("reptile", {"betas": [0.5]}, "learner.args.betas = [0.5] is out of range; it must be two numbers in [0, 1)"),
-    ("reptile", {"inner_optimizer": "rmsprop"}, "learner.args.inner_optimizer must be one of 'adam', 'sgd'"),
-    ("siamese", {"loss": "triplet"}, "learner.args.loss must be one of 'koch', 'contrastive'"),
-    ("matching", {"fce_steps": 0}, "learner.args.fce_steps = 0 is out of range; it must be >= 1"),
-    ("baseline", {"finetune_lr": -0.1}, "learner.args.finetune_lr = -0.1 is out of range; it must be > 0"),
-    ("multitask", {"group_size": 9}, "learner.args.group_size = 9 is out of range; it must be in [2, 6]"),
-    ("gnn", {"node_features": "many"}, "learner.args.node_features must be int"),
-])
+@pytest.mark.parametrize(
+    "name,args,expected",
+    [
+        ("maml", {"inner_steps": 0}, "learner.args.inner_steps = 0 is out of range; it must be >= 1"),
+        ("anil", {"msl_fraction": 1.5}, "learner.args.msl_fraction = 1.5 is out of range; it must be in [0, 1]"),
+        ("maml", {"lslr": True, "learn_inner_lr": True}, "learner.args.learn_inner_lr = True"),
+        ("metasgd", {"lslr": True}, "learner.args.lslr = True is out of range; it must be false for metasgd"),
+        ("reptile", {"betas": [0.5]}, "learner.args.betas = [0.5] is out of range; it must be two numbers in [0, 1)"),
+        ("reptile", {"inner_optimizer": "rmsprop"}, "learner.args.inner_optimizer must be one of 'adam', 'sgd'"),
+        ("siamese", {"loss": "triplet"}, "learner.args.loss must be one of 'koch', 'contrastive'"),
+        ("matching", {"fce_steps": 0}, "learner.args.fce_steps = 0 is out of range; it must be >= 1"),
+        ("baseline", {"finetune_lr": -0.1}, "learner.args.finetune_lr = -0.1 is out of range; it must be > 0"),
+        ("multitask", {"group_size": 9}, "learner.args.group_size = 9 is out of range; it must be in [2, 6]"),
+        ("gnn", {"node_features": "many"}, "learner.args.node_features must be int"),
+    ],
+)
 def test_bad_learner_values_are_one_line_errors(name, args, expected):
     with pytest.raises(FastAdaptError) as error:
         build(name, args=args)
@@ -143,6 +158,7 @@ def test_bad_learner_values_are_one_line_errors(name, args, expected):
 
 
 # ------------------------------------------------------------------------------ predict
+
 
 @pytest.mark.parametrize("name", NAMES)
 def test_primary_metric_direction_is_declared(name):
@@ -189,21 +205,26 @@ def test_matching_fce_reads_the_support_grouped_by_label():
     learner = build("matching", args={"fce": True, "fce_steps": 2})
     assert not learner.order_invariant
     order = shuffled_order(torch.tensor([0, 1, 1, 1, 2, 2]), keep_class_order=True)
-    torch.testing.assert_close(learner.predict(image_episode((1, 3, 2), order=order)),
-                               learner.predict(image_episode((1, 3, 2))), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        learner.predict(image_episode((1, 3, 2), order=order)),
+        learner.predict(image_episode((1, 3, 2))),
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 # ------------------------------------------------------------------------------ ProtoNet by label
 
+
 def test_protonet_prototypes_by_label_closed_form():
     # Unbalanced (2, 3, 1 shots) and shuffled: class means by hand, exact in binary floating point.
-    z = torch.tensor([[1., 2.], [3., 4.], [5., 6.], [7., 8.], [0., 1.], [2., -2.]])
+    z = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0], [0.0, 1.0], [2.0, -2.0]])
     y = torch.tensor([1, 0, 1, 2, 1, 0])
-    expected = torch.tensor([[(3 + 2) / 2, (4 - 2) / 2], [(1 + 5 + 0) / 3, (2 + 6 + 1) / 3], [7., 8.]])
+    expected = torch.tensor([[(3 + 2) / 2, (4 - 2) / 2], [(1 + 5 + 0) / 3, (2 + 6 + 1) / 3], [7.0, 8.0]])
     assert torch.equal(prototypes(z, y, 3), expected)
     # ... and through ProtoNet.predict (identity backbone): minus squared distances to those means.
     learner = ProtoNet(nn.Flatten())
-    queries = torch.tensor([[0., 0.], [2., 3.]])
+    queries = torch.tensor([[0.0, 0.0], [2.0, 3.0]])
     logits = learner.predict(Episode(z, y, queries, None, ways=3))
     torch.testing.assert_close(logits, -((queries[:, None] - expected[None]) ** 2).sum(-1))
 
@@ -226,16 +247,31 @@ def test_protonet_prototypes_equal_the_class_major_reshape_mean(ways, shots, dim
 
 # ------------------------------------------------------------------------------ backbone settings
 
+
 def test_backbone_args_typos_and_bad_values_are_one_line_errors():
     image, vector = (1, 28, 28), (1,)
-    cases = [("conv4", {"bn": "typo"}, image,
-              "model.backbone_args.bn must be one of 'transductive', 'inductive'; got 'typo'"),
-             ("conv4", {"hiden": 8}, image,
-              "unknown setting model.backbone_args.hiden; valid keys here: bn, flatten, hidden, pooled_blocks"),
-             ("conv4", {"pooled_blocks": 5}, image,
-              "model.backbone_args.pooled_blocks = 5 is out of range; it must be in 0..4"),
-             ("mlp", {"hidden": [8, 0]}, vector, "model.backbone_args.hidden = [8, 0] is out of range"),
-             ("raw-input", {"width": 3}, vector, "unknown setting model.backbone_args.width; there are no settings here")]
+    cases = [
+        (
+            "conv4",
+            {"bn": "typo"},
+            image,
+            "model.backbone_args.bn must be one of 'transductive', 'inductive'; got 'typo'",
+        ),
+        (
+            "conv4",
+            {"hiden": 8},
+            image,
+            "unknown setting model.backbone_args.hiden; valid keys here: bn, flatten, hidden, pooled_blocks",
+        ),
+        (
+            "conv4",
+            {"pooled_blocks": 5},
+            image,
+            "model.backbone_args.pooled_blocks = 5 is out of range; it must be in 0..4",
+        ),
+        ("mlp", {"hidden": [8, 0]}, vector, "model.backbone_args.hidden = [8, 0] is out of range"),
+        ("raw-input", {"width": 3}, vector, "unknown setting model.backbone_args.width; there are no settings here"),
+    ]
     for name, args, shape, expected in cases:
         with pytest.raises(FastAdaptError) as error:
             build_backbone(name, args, out_features=None, input_shape=shape)
@@ -247,10 +283,27 @@ def test_backbone_args_typos_and_bad_values_are_one_line_errors():
 
 
 def test_backbone_bn_typo_through_the_cli_is_one_line(omniglot_fixture_root, tmp_path, capsys):
-    code = main(["train", "protonet-omniglot-quick", "--data-root", str(omniglot_fixture_root),
-                 "--out", str(tmp_path / "run"), "--quiet", "--set", "model.backbone_args.bn=typo",
-                 "--set", "data.train_split=background", "--set", "data.test_split=evaluation",
-                 "--set", "train.episodes.ways=2", "--set", "eval.ways=2"])
+    code = main(
+        [
+            "train",
+            "protonet-omniglot-quick",
+            "--data-root",
+            str(omniglot_fixture_root),
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--set",
+            "model.backbone_args.bn=typo",
+            "--set",
+            "data.train_split=background",
+            "--set",
+            "data.test_split=evaluation",
+            "--set",
+            "train.episodes.ways=2",
+            "--set",
+            "eval.ways=2",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "model.backbone_args.bn must be one of 'transductive', 'inductive'; got 'typo'" in err

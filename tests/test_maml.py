@@ -1,18 +1,17 @@
 """MAML meta-gradients against math: a closed form on linear regression, and finite
 differences on a small Conv-4 with transductive BatchNorm."""
+
 import math
 
 import pytest
 import torch
+from helpers import image_task
 from torch import nn
 
 from fastadapt.data.episode import Episode
 from fastadapt.engine import ForkEngine, SerialEngine
 from fastadapt.learners.optimization.maml import FOMAML, MAML, adapt
 from fastadapt.models.backbones import Conv4
-
-from helpers import image_task
-
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -78,8 +77,9 @@ def test_second_order_conv4_meta_gradient_matches_finite_differences():
     grads = torch.autograd.grad(loss, list(params.values()))
 
     def meta_loss(theta):
-        fast = adapt(learner.forward_with, theta, task.support_x, task.support_y,
-                     learner.loss_fn, 2, 0.3, second_order=False)
+        fast = adapt(
+            learner.forward_with, theta, task.support_x, task.support_y, learner.loss_fn, 2, 0.3, second_order=False
+        )
         return learner.loss_fn(learner.forward_with(fast, task.query_x), task.query_y).item()
 
     g = torch.Generator().manual_seed(1)
@@ -107,6 +107,7 @@ def test_learned_inner_lr_gets_the_right_gradient():
         with torch.no_grad():
             learner.inner_lr.fill_(alpha)
         return learner.task_loss(task)[0].item()
+
     numeric = (f(0.1 + 1e-6) - f(0.1 - 1e-6)) / 2e-6
     assert math.isclose(grad_lr.item(), numeric, rel_tol=1e-6)
 

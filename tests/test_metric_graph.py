@@ -1,5 +1,6 @@
 """Matching, Relation and Siamese networks and the graph learner against hand computations and
 symmetry properties; the Conv4 feature-map option; the presets build and run one step."""
+
 import math
 
 import pytest
@@ -16,7 +17,6 @@ from fastadapt.learners.metric.relation import RelationModule, RelationNetwork
 from fastadapt.learners.metric.siamese import SiameseNetwork, balanced_pairs, contrastive_loss, koch_logits
 from fastadapt.models.backbones import Conv4
 
-
 pytestmark = pytest.mark.usefixtures("float64")
 
 
@@ -28,6 +28,7 @@ def episode_2d(ways=2, shots=2):
 
 
 # ------------------------------------------------------------------------------ matching
+
 
 def test_matching_attention_and_distribution_by_hand():
     episode = episode_2d()
@@ -77,11 +78,13 @@ def test_fce_gradients_reach_every_parameter():
     learner = MatchingNetworks(backbone, fce=True, fce_steps=3)
     loss, _ = learner.task_loss(episode_2d())
     loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
-               for p in learner.parameters())
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in learner.parameters()
+    )
 
 
 # ------------------------------------------------------------------------------ relation
+
 
 def hand_relation_module():
     """Feature maps of 1 channel, 4x4. Both convolutions copy their input's centre tap (block 1
@@ -132,7 +135,9 @@ def test_relation_builds_on_conv4_feature_maps():
     assert backbone(torch.rand(3, 1, 28, 28)).shape == (3, 8, 7, 7)
     learner = RelationNetwork.build(backbone, 3, hidden=6)
     assert learner.relation.blocks[0].in_channels == 16  # class and query maps concatenated
-    assert learner.relation.fc1.in_features == 6 * 1 * 1  # 7 -> 3 -> 1 after two poolings  # 7 -> 3 -> 1 after two poolings
+    assert (
+        learner.relation.fc1.in_features == 6 * 1 * 1
+    )  # 7 -> 3 -> 1 after two poolings  # 7 -> 3 -> 1 after two poolings
     with pytest.raises(Exception, match="feature maps"):
         RelationNetwork.build(Conv4(hidden=8), 3)
 
@@ -141,8 +146,9 @@ def test_relation_unequal_shots_are_summed_at_the_average_shot_count():
     """Class maps are sums over each class's shots, rescaled to S / N shots when the shots are
     unequal: with copies of one image per class, [x0, x1 x3, x2 x2] scores as [x0 x2, x1 x2, x2 x2]."""
     torch.manual_seed(0)
-    learner = RelationNetwork.build(Conv4(hidden=4, bn="inductive", image_size=16, pooled_blocks=2,
-                                          flatten=False), 3, hidden=4, fc_hidden=3).eval()
+    learner = RelationNetwork.build(
+        Conv4(hidden=4, bn="inductive", image_size=16, pooled_blocks=2, flatten=False), 3, hidden=4, fc_hidden=3
+    ).eval()
     images, queries = torch.rand(3, 1, 16, 16), torch.rand(4, 1, 16, 16)
     unequal = torch.tensor([1, 2, 1, 0, 2, 1])  # shuffled: 1, 3 and 2 shots
     equal = torch.tensor([0, 0, 1, 1, 2, 2])
@@ -154,11 +160,15 @@ def test_conv4_default_is_unchanged():
     # The default keeps its layer layout (state-dict keys) and its 64-d output on 28x28.
     backbone = Conv4()
     assert [k for k in backbone.state_dict() if k.endswith("weight")][:3] == [
-        "features.0.weight", "features.1.weight", "features.4.weight"]
+        "features.0.weight",
+        "features.1.weight",
+        "features.4.weight",
+    ]
     assert backbone(torch.rand(2, 1, 28, 28)).shape == (2, 64)
 
 
 # ------------------------------------------------------------------------------ siamese
+
 
 def test_contrastive_loss_formula_by_hand():
     z1 = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
@@ -216,30 +226,43 @@ def test_siamese_predicts_the_best_matching_support_example(loss):
 
 # ------------------------------------------------------------------------------ gnn
 
+
 def gnn_episode(ways=3, shots=2, queries=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(ways)
-    return Episode(torch.randn(ways * shots, 1, 8, 8, generator=g), labels.repeat_interleave(shots),
-                   torch.randn(ways * queries, 1, 8, 8, generator=g), labels.repeat_interleave(queries),
-                   ways=ways, shots=shots)
+    return Episode(
+        torch.randn(ways * shots, 1, 8, 8, generator=g),
+        labels.repeat_interleave(shots),
+        torch.randn(ways * queries, 1, 8, 8, generator=g),
+        labels.repeat_interleave(queries),
+        ways=ways,
+        shots=shots,
+    )
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_gnn_is_equivariant_to_support_and_query_order(training):
     torch.manual_seed(0)
-    learner = GNNLearner.build(Conv4(hidden=4, bn="inductive", image_size=8, pooled_blocks=2), 3,
-                               node_features=5)
+    learner = GNNLearner.build(Conv4(hidden=4, bn="inductive", image_size=8, pooled_blocks=2), 3, node_features=5)
     learner.train(training)
     episode = gnn_episode()
     support_perm, query_perm = torch.tensor([3, 0, 5, 1, 4, 2]), torch.tensor([4, 2, 5, 0, 3, 1])
-    permuted = Episode(episode.support_x[support_perm], episode.support_y[support_perm],
-                       episode.query_x[query_perm], episode.query_y[query_perm], ways=3, shots=2)
+    permuted = Episode(
+        episode.support_x[support_perm],
+        episode.support_y[support_perm],
+        episode.query_x[query_perm],
+        episode.query_y[query_perm],
+        ways=3,
+        shots=2,
+    )
     logits = learner.logits(episode)
     assert logits.shape == (6, 3)
     torch.testing.assert_close(learner.logits(permuted), logits[query_perm])
     # and one query's logits do not depend on the other queries (one graph per query), in eval mode
     if not training:
-        single = Episode(episode.support_x, episode.support_y, episode.query_x[:1], episode.query_y[:1], ways=3, shots=2)
+        single = Episode(
+            episode.support_x, episode.support_y, episode.query_x[:1], episode.query_y[:1], ways=3, shots=2
+        )
         torch.testing.assert_close(learner.logits(single), logits[:1])
 
 
@@ -260,8 +283,9 @@ def test_gnn_rejects_other_ways():
 
 # ------------------------------------------------------------------------------ presets
 
-PRESETS = [f"{name}-omniglot-{shape}" for name in ("matching", "relation", "siamese", "gnn")
-           for shape in ("5w1s", "20w1s")] + ["siamese-omniglot-lake"]
+PRESETS = [
+    f"{name}-omniglot-{shape}" for name in ("matching", "relation", "siamese", "gnn") for shape in ("5w1s", "20w1s")
+] + ["siamese-omniglot-lake"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -272,8 +296,14 @@ def test_presets_build_and_take_a_training_step(preset):
     learner = build_learner(config, (1, 28, 28), channels_last=True)
     e = config.train.episodes
     small = min(e.ways, 5) if config.learner.name != "gnn" else e.ways
-    episode = Episode(torch.rand(small * e.shots, 1, 28, 28), torch.arange(small).repeat_interleave(e.shots),
-                      torch.rand(small, 1, 28, 28), torch.arange(small), ways=small, shots=e.shots)
+    episode = Episode(
+        torch.rand(small * e.shots, 1, 28, 28),
+        torch.arange(small).repeat_interleave(e.shots),
+        torch.rand(small, 1, 28, 28),
+        torch.arange(small),
+        ways=small,
+        shots=e.shots,
+    )
     loss, metrics = learner.task_loss(episode)
     loss.backward()
     assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0

@@ -1,9 +1,11 @@
 """MAML++ options, inner-loop checkpointing, ANIL, Meta-SGD, Reptile and the vmapped path,
 checked against math: closed forms, hand-written recurrences and central finite differences."""
+
 import math
 
 import pytest
 import torch
+from helpers import image_task
 from torch import nn
 
 from fastadapt.config import load_config
@@ -16,9 +18,6 @@ from fastadapt.learners.optimization.maml import FOMAML, MAML, adapt
 from fastadapt.learners.optimization.metasgd import MetaSGD
 from fastadapt.learners.optimization.reptile import Reptile, minibatch_indices
 from fastadapt.models.backbones import MLP, Conv4
-
-from helpers import image_task
-
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -67,6 +66,7 @@ def directional_check(learner, task, n_directions=2, eps=1e-6, rel=1e-5):
 
 # -- MAML++ ---------------------------------------------------------------------------------
 
+
 def test_msl_weights_follow_antoniou_schedule():
     assert msl_weights(5, 0.0, 0.1) == pytest.approx([0.2] * 5)
     # halfway through the MSL phase: non-final 1/5 - 0.5/5, final 1/5 + 0.5 * 4/5
@@ -86,13 +86,22 @@ def test_multi_step_loss_is_the_weighted_sum_of_per_step_query_losses():
     forward = lambda p, x: x @ p["weight"].T  # noqa: E731
     expected = 0.0
     for k in range(3):
-        fast = adapt(forward, {"weight": model.weight}, task.support_x, task.support_y,
-                     nn.functional.mse_loss, k + 1, 0.1, second_order=True)
+        fast = adapt(
+            forward,
+            {"weight": model.weight},
+            task.support_x,
+            task.support_y,
+            nn.functional.mse_loss,
+            k + 1,
+            0.1,
+            second_order=True,
+        )
         expected = expected + w[k] * nn.functional.mse_loss(forward(fast, task.query_x), task.query_y)
     loss, _ = learner.task_loss(task)
     torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(torch.autograd.grad(loss, [model.weight])[0],
-                               torch.autograd.grad(expected, [model.weight])[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, [model.weight])[0], torch.autograd.grad(expected, [model.weight])[0]
+    )
 
 
 def closed_form_meta_gradient(w, task, alpha, steps, second_order):
@@ -162,6 +171,7 @@ def test_per_step_bn_uses_the_affine_of_each_step():
 
 # -- checkpointing --------------------------------------------------------------------------
 
+
 def saved_bytes(learner, task):
     """Bytes autograd keeps for the backward, outside checkpointed regions."""
     total = [0]
@@ -169,6 +179,7 @@ def saved_bytes(learner, task):
     def pack(t):
         total[0] += t.numel() * t.element_size()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         learner.task_loss(task)
     return total[0]
@@ -189,6 +200,7 @@ def test_checkpointed_inner_loop_gives_the_plain_meta_gradient_with_less_memory(
 
 
 # -- ANIL -----------------------------------------------------------------------------------
+
 
 def test_anil_adapts_only_the_head():
     torch.manual_seed(0)
@@ -235,6 +247,7 @@ def test_anil_meta_gradient_matches_a_hand_written_meta_loss():
 
 # -- Meta-SGD -------------------------------------------------------------------------------
 
+
 def test_metasgd_step_and_lr_gradient_match_finite_differences():
     model = nn.Linear(3, 1)
     learner = MetaSGD.build(model, None, inner_steps=1, inner_lr=0.1)
@@ -265,10 +278,17 @@ def test_metasgd_conv4_meta_gradient_matches_finite_differences():
 
 # -- vmapped path ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls,options", [
-    (MAML, {"inner_steps": 2}), (FOMAML, {"inner_steps": 2}), (ANIL, {"inner_steps": 2}),
-    (MetaSGD, {"inner_steps": 1}),
-    (MAML, {"inner_steps": 2, "lslr": True, "per_step_bn": True, "multi_step_loss": True})])
+
+@pytest.mark.parametrize(
+    "cls,options",
+    [
+        (MAML, {"inner_steps": 2}),
+        (FOMAML, {"inner_steps": 2}),
+        (ANIL, {"inner_steps": 2}),
+        (MetaSGD, {"inner_steps": 1}),
+        (MAML, {"inner_steps": 2, "lslr": True, "per_step_bn": True, "multi_step_loss": True}),
+    ],
+)
 def test_batched_task_loss_gives_the_mean_per_task_gradient(cls, options):
     """Also guards the composite BatchNorm: with the fused kernel, vmap's second-order gradient
     of an adapted BN weight is wrong (torch 2.13), which the plain MAML case here detects."""
@@ -287,8 +307,9 @@ def test_batched_task_loss_gives_the_mean_per_task_gradient(cls, options):
             torch.testing.assert_close(p.grad, sum(g[n] for g in per_task) / 3, rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("backbone_args,match", [({"bn": "inductive"}, "transductive"),
-                                                 ({"channels_last": True}, "channels_last")])
+@pytest.mark.parametrize(
+    "backbone_args,match", [({"bn": "inductive"}, "transductive"), ({"channels_last": True}, "channels_last")]
+)
 def test_batched_task_loss_refuses_what_vmap_cannot_run(backbone_args, match):
     learner = MAML.build(Conv4(hidden=4, out_features=3, image_size=16, **backbone_args), 3)
     t = image_task(0)
@@ -297,6 +318,7 @@ def test_batched_task_loss_refuses_what_vmap_cannot_run(backbone_args, match):
 
 
 # -- Reptile --------------------------------------------------------------------------------
+
 
 def quadratic_phi(w, task, lr, iters, optimizer):
     """Hand recurrence on L(w) = |Xw - y|^2 / n (gradient H w - b): SGD, or Adam with
@@ -310,7 +332,7 @@ def quadratic_phi(w, task, lr, iters, optimizer):
             w = w - lr * g
         else:
             v = 0.999 * v + 0.001 * g * g
-            w = w - lr * g / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+            w = w - lr * g / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
     return w
 
 
@@ -372,6 +394,14 @@ def test_predict_never_reads_the_query_labels():
     task = linear_task(0, dim=1)
     grid = torch.linspace(-1, 1, 11).unsqueeze(-1)
     without_labels = learner.predict(Episode(task.support_x, task.support_y, grid, torch.full((3,), float("nan"))))
-    params = adapt(learner.forward_with, dict(learner.model.named_parameters()), task.support_x, task.support_y,
-                   torch.nn.functional.mse_loss, 2, 0.1, second_order=False)
+    params = adapt(
+        learner.forward_with,
+        dict(learner.model.named_parameters()),
+        task.support_x,
+        task.support_y,
+        torch.nn.functional.mse_loss,
+        2,
+        0.1,
+        second_order=False,
+    )
     torch.testing.assert_close(without_labels, learner.forward_with(params, grid).detach())

@@ -1,5 +1,6 @@
 """`fastadapt predict` and the Python API on a user's own images: drawn shapes with known labels,
 labelled by a ProtoNet meta-trained (briefly) on real Omniglot."""
+
 import csv
 import subprocess
 import sys
@@ -57,9 +58,18 @@ def shape_files(root: Path, per_class: dict, seed: int, flat: bool = False) -> l
 @pytest.fixture(scope="module")
 def protonet_run(real_data_root, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "protonet"
-    config = load_config("protonet-omniglot-5w1s", ["train.steps=40", "train.episodes.ways=20", "train.val_every=40",
-                                                    "train.val_episodes=5", "eval.episodes=20", "train.lr_step=20",
-                                                    "model.backbone_args.hidden=32"])
+    config = load_config(
+        "protonet-omniglot-5w1s",
+        [
+            "train.steps=40",
+            "train.episodes.ways=20",
+            "train.val_every=40",
+            "train.val_episodes=5",
+            "eval.episodes=20",
+            "train.lr_step=20",
+            "model.backbone_args.hidden=32",
+        ],
+    )
     Trainer(config, run, data_root=real_data_root, quiet=True).fit()
     return run
 
@@ -99,7 +109,7 @@ def test_support_order_and_balance_do_not_matter(protonet_run, shapes):
     b = model.adapt([p for p, _ in support], [label for _, label in support]).predict_proba(query_paths)
     assert np.allclose(a, b, atol=1e-5)
     # 1 to 5 shots per class: still a valid task, with every class present
-    uneven = [item for k, shape in enumerate(SHAPES) for item in [x for x in support if x[1] == shape][:k + 1]]
+    uneven = [item for k, shape in enumerate(SHAPES) for item in [x for x in support if x[1] == shape][: k + 1]]
     task = model.adapt([p for p, _ in uneven], [label for _, label in uneven])
     assert task.classes == sorted(SHAPES) and len(task.predict(query_paths)) == len(query_paths)
 
@@ -107,8 +117,18 @@ def test_support_order_and_balance_do_not_matter(protonet_run, shapes):
 def test_cli_writes_one_row_per_query_with_probabilities(protonet_run, shapes, tmp_path, capsys):
     root, support, queries = shapes
     out = tmp_path / "pred.csv"
-    code = main(["predict", str(protonet_run), "--support", str(root / "support"),
-                 "--query", str(root / "queries.csv"), "--out", str(out)])
+    code = main(
+        [
+            "predict",
+            str(protonet_run),
+            "--support",
+            str(root / "support"),
+            "--query",
+            str(root / "queries.csv"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "labelled 40 queries" in err and "accuracy against the query labels" in err
@@ -125,20 +145,37 @@ def test_cli_support_csv_and_query_glob(protonet_run, shapes, tmp_path):
     root, support, queries = shapes
     table = tmp_path / "support.csv"
     table.write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in support[::2]))
-    result = subprocess.run([sys.executable, "-m", "fastadapt", "predict", str(protonet_run), "--support", str(table),
-                             "--query", str(root / "queries" / "circle-*")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastadapt",
+            "predict",
+            str(protonet_run),
+            "--support",
+            str(table),
+            "--query",
+            str(root / "queries" / "circle-*"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("path,prediction,p_") and len(lines) == 1 + 8
 
 
-@pytest.mark.parametrize("make,expected", [
-    (lambda root: ["--support", str(root / "nothing")], "support .*nothing does not exist"),
-    (lambda root: ["--support", str(root / "support" / "circle")], "has no class sub-folders"),
-    (lambda root: ["--query", str(root / "no-such-*.png")], "is not a folder, a CSV or a glob"),
-])
+@pytest.mark.parametrize(
+    "make,expected",
+    [
+        (lambda root: ["--support", str(root / "nothing")], "support .*nothing does not exist"),
+        (lambda root: ["--support", str(root / "support" / "circle")], "has no class sub-folders"),
+        (lambda root: ["--query", str(root / "no-such-*.png")], "is not a folder, a CSV or a glob"),
+    ],
+)
 def test_cli_bad_input_is_one_line(protonet_run, shapes, make, expected, capsys):
     import re
+
     root = shapes[0]
     args = {"--support": str(root / "support"), "--query": str(root / "queries")}
     extra = make(root)
@@ -164,9 +201,20 @@ def test_cross_domain_eval_on_an_image_folder(protonet_run, shapes, capsys):
     """`eval --data imagefolder`: the run's image size and channel count are used, the split is
     `all`, and the result is its own eval file, marked with the training dataset."""
     import json
+
     root = shapes[0]
-    args = ["eval", str(protonet_run), "--data", "imagefolder", "--set", f"data.args.root={root / 'support'}",
-            "--episodes", "30", "--queries", "3"]
+    args = [
+        "eval",
+        str(protonet_run),
+        "--data",
+        "imagefolder",
+        "--set",
+        f"data.args.root={root / 'support'}",
+        "--episodes",
+        "30",
+        "--queries",
+        "3",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     files = sorted(protonet_run.glob("eval-imagefolder-all-*-5w1s3q-30ep-seed1234.json"))
     assert len(files) == 1
@@ -182,7 +230,20 @@ def test_cross_domain_eval_on_an_image_folder(protonet_run, shapes, capsys):
     capsys.readouterr()
     assert main(args + ["--set", "train.steps=3"]) == 2
     assert "only data.* settings" in capsys.readouterr().err
-    assert main(["eval", str(protonet_run), "--data", "imagefolder", "--set", f"data.args.root={root / 'support'}",
-                 "--set", "data.args.channels=3"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                str(protonet_run),
+                "--data",
+                "imagefolder",
+                "--set",
+                f"data.args.root={root / 'support'}",
+                "--set",
+                "data.args.channels=3",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "(3, 28, 28)" in err and "(1, 28, 28)" in err

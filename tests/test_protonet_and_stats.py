@@ -1,4 +1,5 @@
 """ProtoNet logits against a hand computation; the 95% CI against its formula."""
+
 import math
 
 import torch
@@ -20,14 +21,14 @@ def test_protonet_logits_by_hand():
     expected = torch.tensor([[-1.0, -17.0], [-26.0, -0.0]], dtype=torch.float64)
     torch.testing.assert_close(learner.predict(episode), expected)
     loss, metrics = learner.task_loss(episode)
-    by_hand = -(math.log(math.exp(-1) / (math.exp(-1) + math.exp(-17)))
-                + math.log(1 / (1 + math.exp(-26)))) / 2
+    by_hand = -(math.log(math.exp(-1) / (math.exp(-1) + math.exp(-17))) + math.log(1 / (1 + math.exp(-26)))) / 2
     assert math.isclose(loss.item(), by_hand, rel_tol=1e-9)
     assert metrics["accuracy"] == 1.0
 
 
 def test_protonet_is_stateless_only_without_running_stats():
     from fastadapt.models.backbones import Conv4
+
     assert ProtoNet(Conv4(bn="transductive")).stateless
     assert not ProtoNet(Conv4(bn="inductive")).stateless
 
@@ -47,11 +48,23 @@ def test_evaluate_counts_diverged_adaptations():
     from fastadapt.models.backbones import MLP
 
     g = torch.Generator().manual_seed(0)
-    episodes = [Episode(torch.randn(5, 1, generator=g), torch.randn(5, 1, generator=g),
-                        torch.randn(20, 1, generator=g), torch.randn(20, 1, generator=g), ways=None, shots=5)
-                for _ in range(3)]
+    episodes = [
+        Episode(
+            torch.randn(5, 1, generator=g),
+            torch.randn(5, 1, generator=g),
+            torch.randn(20, 1, generator=g),
+            torch.randn(20, 1, generator=g),
+            ways=None,
+            shots=5,
+        )
+        for _ in range(3)
+    ]
     torch.manual_seed(0)
-    stable = evaluate(MAML(MLP(), inner_lr=0.01, eval_inner_steps=10, problem="regression"), episodes, torch.device("cpu"))
+    stable = evaluate(
+        MAML(MLP(), inner_lr=0.01, eval_inner_steps=10, problem="regression"), episodes, torch.device("cpu")
+    )
     assert stable["nonfinite"] == 0 and math.isfinite(stable["mean"])
-    exploding = evaluate(MAML(MLP(), inner_lr=1e4, eval_inner_steps=10, problem="regression"), episodes, torch.device("cpu"))
+    exploding = evaluate(
+        MAML(MLP(), inner_lr=1e4, eval_inner_steps=10, problem="regression"), episodes, torch.device("cpu")
+    )
     assert exploding["nonfinite"] == 3 and not math.isfinite(exploding["mean"])

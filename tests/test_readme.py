@@ -1,6 +1,7 @@
 """Every example in README.md runs: each `fastadapt` command line parses, names real presets and
 valid settings; the Python examples run as written against a tiny trained run (training
 shortened to a few steps) and the user's files they name."""
+
 import re
 import shlex
 from pathlib import Path
@@ -60,8 +61,15 @@ def _draw(path: Path, kind: str) -> None:
 def test_python_examples_run_as_written(real_data_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FASTADAPT_DATA", str(real_data_root))
-    tiny = ["train.steps=2", "train.meta_batch=2", "train.val_episodes=2", "eval.episodes=3",
-            "model.backbone_args.hidden=8", "train.val_every=2", "train.checkpoint_every=2"]
+    tiny = [
+        "train.steps=2",
+        "train.meta_batch=2",
+        "train.val_episodes=2",
+        "eval.episodes=3",
+        "model.backbone_args.hidden=8",
+        "train.val_every=2",
+        "train.checkpoint_every=2",
+    ]
     real_load_config = fastadapt.load_config
     shortened = lambda name, overrides=None: real_load_config(name, list(overrides or []) + tiny)  # noqa: E731
     monkeypatch.setattr(fastadapt, "load_config", shortened)

@@ -1,6 +1,7 @@
 """ResNet-12 (fastadapt/models/resnet12.py) and Conv-4 on RGB 84x84: shapes, the closed-form
 parameter count, second-order gradients through torch.func.functional_call against finite
 differences, NHWC == NCHW, and BatchNorm state by mode."""
+
 import math
 
 import pytest
@@ -47,6 +48,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 # ------------------------------------------------------------------------------ shapes and size
 
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [84, 32])
 def test_output_shapes(channels, size):
@@ -83,10 +85,12 @@ def test_rejects_bad_shapes_and_modes():
 
 # ------------------------------------------------------------------------------ config and registry
 
+
 def test_registered_and_built_from_typed_args():
     assert BACKBONES.get("resnet12") is ResNet12
-    model = build_backbone("resnet12", {"widths": TINY, "bn": "inductive"}, out_features=None,
-                           input_shape=(3, 32, 32), channels_last=False)
+    model = build_backbone(
+        "resnet12", {"widths": TINY, "bn": "inductive"}, out_features=None, input_shape=(3, 32, 32), channels_last=False
+    )
     assert isinstance(model, ResNet12) and model.embedding_dim == 4 and model.bn == "inductive"
     # The Args dataclass lists the user-facing settings only, with the constructor's defaults.
     args = build_dataclass(ResNet12.Args, {}, "model.backbone_args")
@@ -99,6 +103,7 @@ def test_registered_and_built_from_typed_args():
 
 
 # ------------------------------------------------------------------------------ second-order gradients
+
 
 @pytest.mark.usefixtures("float64")
 def test_second_order_functional_gradient_matches_finite_differences():
@@ -126,8 +131,9 @@ def test_second_order_functional_gradient_matches_finite_differences():
     eps = 1e-7
     for _ in range(3):
         direction = {n: torch.randn(p.shape, generator=g) for n, p in params.items()}
-        shifted = [{n: (p + s * eps * direction[n]).detach().requires_grad_() for n, p in params.items()}
-                   for s in (1, -1)]
+        shifted = [
+            {n: (p + s * eps * direction[n]).detach().requires_grad_() for n, p in params.items()} for s in (1, -1)
+        ]
         numeric = (meta_loss(shifted[0], False) - meta_loss(shifted[1], False)).item() / (2 * eps)
         analytic = sum((gr * direction[n]).sum() for gr, n in zip(grads, params)).item()
         assert math.isclose(analytic, numeric, rel_tol=1e-5, abs_tol=1e-9), (analytic, numeric)
@@ -135,6 +141,7 @@ def test_second_order_functional_gradient_matches_finite_differences():
 
 
 # ------------------------------------------------------------------------------ layout and BN state
+
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_channels_last_gives_the_nchw_output(channels):
@@ -167,11 +174,13 @@ def test_transductive_bn_keeps_no_running_stats():
 
 # ------------------------------------------------------------------------------ Conv-4 on RGB 84x84
 
+
 def test_conv4_on_rgb_84():
     """Conv-4 on mini-ImageNet-shaped input: 84 -> 42 -> 21 -> 10 -> 5, so 64 x 5 x 5 = 1600-d."""
     torch.manual_seed(0)
-    model = build_backbone("conv4", {"hidden": 64, "bn": "inductive"}, out_features=None,
-                           input_shape=(3, 84, 84), channels_last=False)
+    model = build_backbone(
+        "conv4", {"hidden": 64, "bn": "inductive"}, out_features=None, input_shape=(3, 84, 84), channels_last=False
+    )
     assert model.embedding_dim == 1600 and model.feature_shape == (64, 5, 5)
     nhwc = Conv4(in_channels=3, image_size=84, bn="inductive", channels_last=True)
     nhwc.load_state_dict(model.state_dict())

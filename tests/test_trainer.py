@@ -1,5 +1,6 @@
 """Training end to end on real Omniglot: exact resume after interruption (in-process and by
 SIGKILL), run-folder outputs, and sinusoid MAML learning something real."""
+
 import json
 import os
 import signal
@@ -21,23 +22,39 @@ def small_config(preset, *overrides):
     return load_config(preset, SMALL + list(overrides))
 
 
-PROTONET = ("protonet-omniglot-5w1s", "train.steps=12", "train.checkpoint_every=3",
-            "train.episodes.ways=10", "data.val_split=val", "train.val_every=5", "train.lr_step=4")
-MAML = ("maml-omniglot-5w1s", "train.steps=6", "train.checkpoint_every=2", "train.meta_batch=4",
-        "train.val_every=3", "learner.args.eval_inner_steps=2")
+PROTONET = (
+    "protonet-omniglot-5w1s",
+    "train.steps=12",
+    "train.checkpoint_every=3",
+    "train.episodes.ways=10",
+    "data.val_split=val",
+    "train.val_every=5",
+    "train.lr_step=4",
+)
+MAML = (
+    "maml-omniglot-5w1s",
+    "train.steps=6",
+    "train.checkpoint_every=2",
+    "train.meta_batch=4",
+    "train.val_every=3",
+    "learner.args.eval_inner_steps=2",
+)
 
 
 def outputs(run_dir: Path) -> tuple:
     result = json.loads((run_dir / "eval.json").read_text())
     volatile = {"eval_seconds", "train_seconds", "created", "machine"}
-    return ((run_dir / "best.safetensors").read_bytes(), (run_dir / "metrics.csv").read_text().splitlines()[0],
-            {k: v for k, v in result.items() if k not in volatile},
-            [{k: v for k, v in row.items() if k != "elapsed_s"}
-             for row in _csv_rows(run_dir / "metrics.csv")])
+    return (
+        (run_dir / "best.safetensors").read_bytes(),
+        (run_dir / "metrics.csv").read_text().splitlines()[0],
+        {k: v for k, v in result.items() if k not in volatile},
+        [{k: v for k, v in row.items() if k != "elapsed_s"} for row in _csv_rows(run_dir / "metrics.csv")],
+    )
 
 
 def _csv_rows(path):
     import csv
+
     return list(csv.DictReader(path.open()))
 
 
@@ -63,18 +80,35 @@ def test_run_folder_contents(real_data_root, tmp_path):
     assert (tmp_path / result["episodes_file"]).is_file()
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["steps"] == 12
     record = json.loads((tmp_path / "eval.json").read_text())
-    for key in ("method", "ways", "shots", "queries", "episodes", "seed", "bn_mode", "accuracy", "ci95",
-                "train_seconds", "eval_seconds", "machine"):
+    for key in (
+        "method",
+        "ways",
+        "shots",
+        "queries",
+        "episodes",
+        "seed",
+        "bn_mode",
+        "accuracy",
+        "ci95",
+        "train_seconds",
+        "eval_seconds",
+        "machine",
+    ):
         assert key in record, key
     assert record["bn_mode"] == "inductive" and record["episodes"] == 30
     assert 0.2 < record["accuracy"] <= 1.0
     # The two newest checkpoint pairs are kept (a resume falls back to the older if the newer is bad).
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == [
-        "step-00000009.json", "step-00000009.safetensors", "step-00000012.json", "step-00000012.safetensors"]
+        "step-00000009.json",
+        "step-00000009.safetensors",
+        "step-00000012.json",
+        "step-00000012.safetensors",
+    ]
 
 
 def test_changed_settings_on_an_existing_run_folder_are_refused(real_data_root, tmp_path):
     from fastadapt.errors import FastAdaptError
+
     Trainer(small_config(*PROTONET), tmp_path, data_root=real_data_root, quiet=True).fit(stop_after=3)
     with pytest.raises(FastAdaptError, match="other settings"):
         Trainer(small_config(*PROTONET, "train.lr=0.01"), tmp_path, data_root=real_data_root, quiet=True).fit()
@@ -88,8 +122,9 @@ def test_sigkill_mid_training_then_resume_matches(real_data_root, tmp_path):
     straight = subprocess.run(args + ["--out", str(tmp_path / "straight")], env=env, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(args + ["--out", str(killed_dir)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        args + ["--out", str(killed_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     pointer = killed_dir / "checkpoints" / "latest.json"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
@@ -106,10 +141,19 @@ def test_sigkill_mid_training_then_resume_matches(real_data_root, tmp_path):
 
 def test_maml_sinusoid_learns_to_adapt(tmp_path):
     """A short MAML run must beat its own initialisation on held-out tasks by a wide margin."""
-    config = load_config("maml-sinusoid-5shot", ["train.steps=300", "train.val_every=300", "train.log_every=100",
-                                                 "eval.episodes=100", "train.checkpoint_every=300"])
+    config = load_config(
+        "maml-sinusoid-5shot",
+        [
+            "train.steps=300",
+            "train.val_every=300",
+            "train.log_every=100",
+            "eval.episodes=100",
+            "train.checkpoint_every=300",
+        ],
+    )
     trainer = Trainer(config, tmp_path, quiet=True)
     from fastadapt.evaluate import evaluate
+
     test_set = trainer.suite.fixed_set("test", None, 5, 100, 100, 1234)
     before = evaluate(trainer.learner, test_set, trainer.device)["mean"]
     after = trainer.fit()["mse"]

@@ -3,6 +3,7 @@
 Every module of this package is imported here, so a dataset registers itself in `DATASETS`
 by being a file in this folder.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,7 +33,25 @@ def build_suite(config, data_root: str | Path | None = None, download: bool = Fa
     return suite_cls(config, data_root, download)
 
 
-__all__ = ["ClassificationSuite", "Episode", "EpisodeSampler", "FixedEpisodes", "FixedTasks", "LabelledDataset",
-           "LakeRun", "OmniglotCharacters", "RegressionSuite", "SinusoidTasks", "TaskSuite", "build_suite",
-           "download_file", "lake_episode", "load_lake_runs", "load_omniglot_characters", "omniglot_pool",
-           "preprocess_image", "score_lake", "sinusoid"]
+__all__ = [
+    "ClassificationSuite",
+    "Episode",
+    "EpisodeSampler",
+    "FixedEpisodes",
+    "FixedTasks",
+    "LabelledDataset",
+    "LakeRun",
+    "OmniglotCharacters",
+    "RegressionSuite",
+    "SinusoidTasks",
+    "TaskSuite",
+    "build_suite",
+    "download_file",
+    "lake_episode",
+    "load_lake_runs",
+    "load_omniglot_characters",
+    "omniglot_pool",
+    "preprocess_image",
+    "score_lake",
+    "sinusoid",
+]

@@ -20,13 +20,13 @@ Classification datasets subclass `ClassificationSuite` and only implement
 `load_split(split) -> LabelledDataset` (and list their `splits`); sampling, fixed sets and
 class counts come from here.
 """
+
 from __future__ import annotations
 
 import abc
-
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class TaskSuite(abc.ABC):
     def train_task(self, index: int) -> Episode:
         """Training task `index`, a pure function of (config.seed, index)."""
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 (an optional hook: most suites have nothing to check)
         """Fail now, before training, if training tasks cannot be drawn."""
 
     @abc.abstractmethod
@@ -89,8 +89,9 @@ class ClassificationSuite(TaskSuite):
         for key in ("train_split", "val_split", "test_split"):
             split = getattr(config.data, key)
             if split is not None and split not in self.splits:
-                raise FastAdaptError(f"data.{key}: {config.data.dataset} has no split {split!r}; "
-                                     f"valid splits: {', '.join(self.splits)}")
+                raise FastAdaptError(
+                    f"data.{key}: {config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}"
+                )
         if not config.train.episodes.ways:
             raise FastAdaptError(f"dataset {config.data.dataset!r} needs train.episodes.ways (got null)")
 
@@ -113,6 +114,7 @@ class ClassificationSuite(TaskSuite):
         """Before training: the training episodes, and the validation and test episodes the run
         will be scored on, can all be drawn (a too-small split fails now, not after training)."""
         from .sampler import check_request
+
         self._sampler()
         e = self.config.eval
         for key in ("val_split", "test_split"):
@@ -123,8 +125,9 @@ class ClassificationSuite(TaskSuite):
     def _sampler(self) -> EpisodeSampler:
         if self._train is None:
             e = self.config.train.episodes
-            self._train = EpisodeSampler(self.split(self.config.data.train_split), e.ways, e.shots, e.queries,
-                                         seed=self.config.seed)
+            self._train = EpisodeSampler(
+                self.split(self.config.data.train_split), e.ways, e.shots, e.queries, seed=self.config.seed
+            )
         return self._train
 
     def item_from_file(self, path: str | Path, channels: int) -> np.ndarray:
@@ -132,6 +135,7 @@ class ClassificationSuite(TaskSuite):
         Datasets with their own preprocessing (Omniglot inverts ink) override this; `fastadapt
         predict` reads the user's files through it, so they match what the model was trained on."""
         from .images import decode_image
+
         item = decode_image(path, self.image_size, channels, getattr(self.args, "resize", "squash"))
         return 255 - item if getattr(self.args, "invert", False) else item
 
@@ -141,7 +145,9 @@ class ClassificationSuite(TaskSuite):
 
     def split(self, split: str) -> LabelledDataset:
         if split not in self.splits:
-            raise FastAdaptError(f"{self.config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}")
+            raise FastAdaptError(
+                f"{self.config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}"
+            )
         if split not in self._loaded:
             self._loaded[split] = self.load_split(split)
         return self._loaded[split]
@@ -166,8 +172,10 @@ class FixedTasks(Sequence[Episode]):
         return self.tasks[i]
 
     def save(self, path: str | Path) -> None:
-        arrays = {name: np.stack([getattr(t, name).numpy() for t in self.tasks])
-                  for name in ("support_x", "support_y", "query_x", "query_y")}
+        arrays = {
+            name: np.stack([getattr(t, name).numpy() for t in self.tasks])
+            for name in ("support_x", "support_y", "query_x", "query_y")
+        }
         for key in self.tasks[0].info:
             arrays[key] = np.array([t.info[key] for t in self.tasks])
         atomic_write(Path(path), lambda f: np.savez_compressed(f, seed=self.seed, **arrays))

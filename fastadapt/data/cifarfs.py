@@ -16,6 +16,7 @@ The pickles go through the restricted unpickler (safe_pickle.py), so they cannot
 class, items are the train pickle's images then the test pickle's, in file order. A split is
 read once into the cache, keyed by the source files' names, sizes and mtimes and the image size.
 """
+
 from __future__ import annotations
 
 import tarfile
@@ -33,8 +34,7 @@ from .base import ClassificationSuite
 from .dataset import LabelledDataset
 from .download import download_file
 from .images import IMAGE_EXTENSIONS, cached_dataset
-from .safe_pickle import (dataset_dir, decode_many, fingerprint, resize_images, root_origin, safe_load,
-                          split_classes)
+from .safe_pickle import dataset_dir, decode_many, fingerprint, resize_images, root_origin, safe_load, split_classes
 
 ARCHIVE = "cifar-100-python.tar.gz"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -84,7 +84,8 @@ class CifarFS(ClassificationSuite):
             f"CIFAR-FS needs CIFAR-100's python version: looked for {base / 'cifar-100-python'}/ (train, test, meta), "
             f"{archive} and Bertinetto's {base / 'data'}/<class>/*.png ({root_origin(self.args.root, self.data_root)}); "
             f"fix: download {URL} (`fastadapt train --download`, or download=True in Python) or put it there, or point "
-            f"data.args.root at the folder holding it")
+            f"data.args.root at the folder holding it"
+        )
 
 
 def _read_archive(path: Path) -> dict[str, Any]:
@@ -97,12 +98,15 @@ def _read_archive(path: Path) -> dict[str, Any]:
                 if member.isfile() and part in PARTS and member.name.count("/") <= 1:
                     parts[part] = safe_load(tar.extractfile(member).read(), f"{path}:{member.name}")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise FastAdaptError(f"{path} is not a readable tar.gz archive ({type(exc).__name__}: {exc}); it is corrupt or a "
-                             f"partial download: delete it and download it again ({URL})") from None
+        raise FastAdaptError(
+            f"{path} is not a readable tar.gz archive ({type(exc).__name__}: {exc}); it is corrupt or a "
+            f"partial download: delete it and download it again ({URL})"
+        ) from None
     missing = [p for p in PARTS if p not in parts]
     if missing:
-        raise FastAdaptError(f"{path} has no cifar-100-python/{missing[0]}; it is not CIFAR-100's python archive: "
-                             f"replace it with {URL}")
+        raise FastAdaptError(
+            f"{path} has no cifar-100-python/{missing[0]}; it is not CIFAR-100's python archive: replace it with {URL}"
+        )
     return parts
 
 
@@ -113,21 +117,33 @@ def _from_pickles(parts: dict[str, Any], where: str, classes: list[str], size: i
         d = parts[part]
         x = d.get("data") if isinstance(d, dict) else None
         y = d.get("fine_labels") if isinstance(d, dict) else None
-        if not (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2 and x.shape[1] == 3 * 32 * 32
-                and y is not None and len(y) == len(x)):
-            raise FastAdaptError(f"{where}: the {part} pickle is not CIFAR-100's (expected data uint8 (N, 3072) and N "
-                                 f"fine_labels); replace it with the official {ARCHIVE}")
+        if not (
+            isinstance(x, np.ndarray)
+            and x.dtype == np.uint8
+            and x.ndim == 2
+            and x.shape[1] == 3 * 32 * 32
+            and y is not None
+            and len(y) == len(x)
+        ):
+            raise FastAdaptError(
+                f"{where}: the {part} pickle is not CIFAR-100's (expected data uint8 (N, 3072) and N "
+                f"fine_labels); replace it with the official {ARCHIVE}"
+            )
         data.append(x)
         labels.append(np.asarray(y, np.int64))
     meta = parts["meta"]
     names = [str(n) for n in meta.get("fine_label_names", [])] if isinstance(meta, dict) else []
     if len(names) != 100:
-        raise FastAdaptError(f"{where}: the meta pickle has {len(names)} fine_label_names, CIFAR-100 has 100; replace it "
-                             f"with the official {ARCHIVE}")
+        raise FastAdaptError(
+            f"{where}: the meta pickle has {len(names)} fine_label_names, CIFAR-100 has 100; replace it "
+            f"with the official {ARCHIVE}"
+        )
     missing = [c for c in classes if c not in names]
     if missing:
-        raise FastAdaptError(f"{where}: class {missing[0]!r} of Bertinetto's split is not among its fine_label_names; "
-                             f"use CIFAR-100 (not CIFAR-10 or a relabelled copy)")
+        raise FastAdaptError(
+            f"{where}: class {missing[0]!r} of Bertinetto's split is not among its fine_label_names; "
+            f"use CIFAR-100 (not CIFAR-10 or a relabelled copy)"
+        )
     x, y = np.concatenate(data), np.concatenate(labels)
     keep = [np.flatnonzero(y == names.index(c)) for c in classes]
     rows = np.concatenate(keep)
@@ -144,8 +160,10 @@ def _png_folders(data: Path, classes: list[str]) -> list[list[Path]]:
         folder = data / c
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
         if not files:
-            raise FastAdaptError(f"CIFAR-FS class {c!r} has no images in {folder}/; the png copy is incomplete: complete "
-                                 f"it, or use CIFAR-100's python archive ({URL})")
+            raise FastAdaptError(
+                f"CIFAR-FS class {c!r} has no images in {folder}/; the png copy is incomplete: complete "
+                f"it, or use CIFAR-100's python archive ({URL})"
+            )
         per_class.append(files)
     return per_class
 

@@ -17,6 +17,7 @@ Per class, images are in file-name order (the same from the folder and the archi
 decoded once into the cache, keyed by the source files' names, sizes and mtimes, the image size
 and the resize mode.
 """
+
 from __future__ import annotations
 
 import tarfile
@@ -69,17 +70,25 @@ class Cub(ClassificationSuite):
             if (folder / "images").is_dir():
                 files = _folder_files(folder, classes)
                 key["files"] = fingerprint([p for group in files for p in group], folder)
-                return cached_dataset("cub", key, lambda: _from_folder(files, classes, size, resize, name), (3, size, size))
+                return cached_dataset(
+                    "cub",
+                    key,
+                    lambda: _from_folder(files, classes, size, resize, name),  # noqa: B023 (called before the loop moves on)
+                    (3, size, size),
+                )
         archive = base / ARCHIVE
         if not archive.is_file() and self.download:
             download_file(URL, archive, MD5, min_bytes=MIN_BYTES)
         if archive.is_file():
             key["files"] = fingerprint([archive])
-            return cached_dataset("cub", key, lambda: _from_archive(archive, classes, size, resize, name), (3, size, size))
+            return cached_dataset(
+                "cub", key, lambda: _from_archive(archive, classes, size, resize, name), (3, size, size)
+            )
         raise FastAdaptError(
             f"CUB-200-2011 not found: looked for {base / FOLDER / 'images'}/, {base / 'images'}/ and {archive} "
             f"({root_origin(self.args.root, self.data_root)}); fix: download {URL} (`fastadapt train --download`, or "
-            f"download=True in Python) or put it or its extracted {FOLDER}/ there, or point data.args.root at it")
+            f"download=True in Python) or put it or its extracted {FOLDER}/ there, or point data.args.root at it"
+        )
 
 
 def _folder_files(folder: Path, classes: list[str]) -> list[list[Path]]:
@@ -98,15 +107,25 @@ def _folder_files(folder: Path, classes: list[str]) -> list[list[Path]]:
             files = [images / c / f for f in sorted(listed.get(c, []))]
             absent = [p for p in files if not p.is_file()]
             if absent:
-                raise FastAdaptError(f"{absent[0]} is listed in {folder / 'images.txt'} but missing ({len(absent)} missing "
-                                     f"in class {c}); the extraction is incomplete: extract {ARCHIVE} again")
+                raise FastAdaptError(
+                    f"{absent[0]} is listed in {folder / 'images.txt'} but missing ({len(absent)} missing "
+                    f"in class {c}); the extraction is incomplete: extract {ARCHIVE} again"
+                )
         else:
             d = images / c
-            files = sorted((p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
-                           key=lambda p: p.name) if d.is_dir() else []
+            files = (
+                sorted(
+                    (p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+                    key=lambda p: p.name,
+                )
+                if d.is_dir()
+                else []
+            )
         if not files:
-            raise FastAdaptError(f"CUB class {c} has no images in {images / c}/; the copy is incomplete or not "
-                                 f"CUB-200-2011: use the official {ARCHIVE} ({URL})")
+            raise FastAdaptError(
+                f"CUB class {c} has no images in {images / c}/; the copy is incomplete or not "
+                f"CUB-200-2011: use the official {ARCHIVE} ({URL})"
+            )
         per_class.append(files)
     return per_class
 
@@ -133,21 +152,31 @@ def _from_archive(archive: Path, classes: list[str], size: int, resize: str, nam
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
                 parts = member.name.split("/")
-                if (member.isfile() and len(parts) >= 3 and parts[-3] == "images" and parts[-2] in wanted
-                        and Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS and not parts[-1].startswith(".")):
+                if (
+                    member.isfile()
+                    and len(parts) >= 3
+                    and parts[-3] == "images"
+                    and parts[-2] in wanted
+                    and Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS
+                    and not parts[-1].startswith(".")
+                ):
                     batch.append(((parts[-2], parts[-1]), tar.extractfile(member).read(), f"{archive}:{member.name}"))
                     if len(batch) >= _CHUNK:
                         flush()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise FastAdaptError(f"{archive} is not a readable tgz archive ({type(exc).__name__}: {exc}); it is corrupt or a "
-                             f"partial download: delete it and download it again ({URL})") from None
+        raise FastAdaptError(
+            f"{archive} is not a readable tgz archive ({type(exc).__name__}: {exc}); it is corrupt or a "
+            f"partial download: delete it and download it again ({URL})"
+        ) from None
     if batch:
         flush()
     per_class = [sorted(f for c2, f in decoded if c2 == c) for c in classes]
     empty = [c for c, files in zip(classes, per_class) if not files]
     if empty:
-        raise FastAdaptError(f"{archive} has no images of class {empty[0]} ({len(empty)} classes missing); it is not the "
-                             f"official {ARCHIVE}: replace it ({URL})")
+        raise FastAdaptError(
+            f"{archive} has no images of class {empty[0]} ({len(empty)} classes missing); it is not the "
+            f"official {ARCHIVE}: replace it ({URL})"
+        )
     order = [decoded[(c, f)] for c, files in zip(classes, per_class) for f in files]
     labels = np.repeat(np.arange(len(classes)), [len(g) for g in per_class])
     items = torch.from_numpy(np.stack([array for array, _ in order]))

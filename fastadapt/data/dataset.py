@@ -6,6 +6,7 @@ channels), float vectors (N, D) (e.g. precomputed sentence embeddings) or token-
 in easyfsl's label-indexed datasets. Episode samplers work on label indices only, so any
 modality and any class sizes go through the same sampler.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,15 +21,17 @@ MODALITIES = ("image", "vector", "tokens")
 
 
 def modality_of(items: torch.Tensor) -> str:
-    """"image" for uint8 (N, C, H, W), "vector" for float (N, D), "tokens" for int64 (N, L)."""
+    """ "image" for uint8 (N, C, H, W), "vector" for float (N, D), "tokens" for int64 (N, L)."""
     if items.dtype == torch.uint8 and items.dim() == 4 and items.shape[1] in (1, 3):
         return "image"
     if items.is_floating_point() and items.dim() == 2:
         return "vector"
     if items.dtype == torch.int64 and items.dim() == 2:
         return "tokens"
-    raise FastAdaptError(f"dataset items must be uint8 images (N, 1|3, H, W), float vectors (N, D) or int64 "
-                         f"token ids (N, L); got {items.dtype} of shape {tuple(items.shape)}")
+    raise FastAdaptError(
+        f"dataset items must be uint8 images (N, 1|3, H, W), float vectors (N, D) or int64 "
+        f"token ids (N, L); got {items.dtype} of shape {tuple(items.shape)}"
+    )
 
 
 @dataclass
@@ -50,25 +53,35 @@ class LabelledDataset:
         self.modality = modality_of(self.items)
         n = self.items.shape[0]
         if self.labels.shape != (n,) or not np.issubdtype(self.labels.dtype, np.integer):
-            raise FastAdaptError(f"dataset {self.name}: labels must be {n} integers (one per item), "
-                                 f"got {self.labels.dtype} of shape {self.labels.shape}")
+            raise FastAdaptError(
+                f"dataset {self.name}: labels must be {n} integers (one per item), "
+                f"got {self.labels.dtype} of shape {self.labels.shape}"
+            )
         self.labels = self.labels.astype(np.int64, copy=False)
         k = len(self.class_names)
         if n and (self.labels.min() < 0 or self.labels.max() >= k):
-            raise FastAdaptError(f"dataset {self.name}: labels must lie in 0..{k - 1} ({k} class names), "
-                                 f"got {self.labels.min()}..{self.labels.max()}")
+            raise FastAdaptError(
+                f"dataset {self.name}: labels must lie in 0..{k - 1} ({k} class names), "
+                f"got {self.labels.min()}..{self.labels.max()}"
+            )
         empty = [self.class_names[c] for c in np.flatnonzero(self.counts == 0)]
         if empty:
-            raise FastAdaptError(f"dataset {self.name}: class {empty[0]!r} has no examples "
-                                 f"({len(empty)} empty class(es)); remove it or add examples")
+            raise FastAdaptError(
+                f"dataset {self.name}: class {empty[0]!r} has no examples "
+                f"({len(empty)} empty class(es)); remove it or add examples"
+            )
 
     @classmethod
-    def from_class_array(cls, items: torch.Tensor | np.ndarray, class_names: list[str], name: str) -> "LabelledDataset":
+    def from_class_array(cls, items: torch.Tensor | np.ndarray, class_names: list[str], name: str) -> LabelledDataset:
         """From an equal-size (n_classes, per_class, ...) array: item c*per_class + j is example j of class c."""
         items = torch.as_tensor(items)
         n_classes, per_class = items.shape[:2]
-        return cls(items.reshape(n_classes * per_class, *items.shape[2:]),
-                   np.repeat(np.arange(n_classes, dtype=np.int64), per_class), list(class_names), name)
+        return cls(
+            items.reshape(n_classes * per_class, *items.shape[2:]),
+            np.repeat(np.arange(n_classes, dtype=np.int64), per_class),
+            list(class_names),
+            name,
+        )
 
     def __len__(self) -> int:
         return self.items.shape[0]
@@ -100,12 +113,17 @@ class LabelledDataset:
             return x.float().div_(255)
         return x.float() if self.modality == "vector" else x
 
-    def subset(self, classes: list[int] | np.ndarray, name: str) -> "LabelledDataset":
+    def subset(self, classes: list[int] | np.ndarray, name: str) -> LabelledDataset:
         """The items of `classes` (dataset class ids), relabelled 0..len(classes)-1 in that order."""
         classes = np.asarray(classes, dtype=np.int64)
         remap = np.full(len(self.class_names), -1, np.int64)
         remap[classes] = np.arange(len(classes))
         keep = np.flatnonzero(remap[self.labels] >= 0)
         sources = [self.sources[i] for i in keep] if self.sources is not None else None
-        return LabelledDataset(self.items[torch.from_numpy(keep)], remap[self.labels[keep]],
-                               [self.class_names[c] for c in classes], name, sources)
+        return LabelledDataset(
+            self.items[torch.from_numpy(keep)],
+            remap[self.labels[keep]],
+            [self.class_names[c] for c in classes],
+            name,
+            sources,
+        )

@@ -1,4 +1,5 @@
 """The unit of work every learner sees: one task, split into support and query sets."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -30,13 +31,17 @@ class Episode:
     shots: int | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Episode":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Episode:
         """The episode on `device` (tensors already there are not copied)."""
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return replace(self, support_x=move(self.support_x), support_y=move(self.support_y),
-                       query_x=move(self.query_x),
-                       query_y=None if self.query_y is None else move(self.query_y))
+        return replace(
+            self,
+            support_x=move(self.support_x),
+            support_y=move(self.support_y),
+            query_x=move(self.query_x),
+            query_y=None if self.query_y is None else move(self.query_y),
+        )
 
-    def without_query_labels(self) -> "Episode":
+    def without_query_labels(self) -> Episode:
         """The same task with `query_y` removed: what `Learner.predict` is given."""
         return replace(self, query_y=None)

@@ -9,6 +9,7 @@ Training tasks (`variable_context=True`) draw their context size uniformly from 
 as the NP papers do: a model trained with one context size only is not a model of "any context".
 Evaluation tasks have exactly `shots` context points.
 """
+
 from __future__ import annotations
 
 import operator
@@ -31,9 +32,17 @@ def rbf_kernel(a: np.ndarray, b: np.ndarray, lengthscale: float, signal_var: flo
 class GPTasks:
     """Tasks with `shots` context and `queries` target points; x, y of shape (n, 1), float32."""
 
-    def __init__(self, shots: int, queries: int, seed: int = 0, lengthscale: float = 0.4,
-                 signal_var: float = 1.0, jitter: float = 1e-4, x_range: tuple[float, float] = (-2.0, 2.0),
-                 variable_context: bool = False):
+    def __init__(
+        self,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        lengthscale: float = 0.4,
+        signal_var: float = 1.0,
+        jitter: float = 1e-4,
+        x_range: tuple[float, float] = (-2.0, 2.0),
+        variable_context: bool = False,
+    ):
         for name, value in {"shots": shots, "queries": queries}.items():
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise FastAdaptError(f"gp1d {name} must be a positive integer, got {value!r}")
@@ -59,8 +68,15 @@ class GPTasks:
         y = np.linalg.cholesky(cov) @ rng.standard_normal(n)
         x = torch.from_numpy(x.astype(np.float32)).unsqueeze(-1)
         y = torch.from_numpy(y.astype(np.float32)).unsqueeze(-1)
-        return Episode(x[:shots], y[:shots], x[shots:], y[shots:], ways=None, shots=shots,
-                       info={"lengthscale": self.lengthscale, "signal_var": self.signal_var})
+        return Episode(
+            x[:shots],
+            y[:shots],
+            x[shots:],
+            y[shots:],
+            ways=None,
+            shots=shots,
+            info={"lengthscale": self.lengthscale, "signal_var": self.signal_var},
+        )
 
     __call__ = task
 
@@ -73,13 +89,15 @@ class GPTasks:
         chol = np.linalg.cholesky(k_cc)
         alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, cy))
         v = np.linalg.solve(chol, k_tc.T)
-        var = self.signal_var + self.jitter - (v ** 2).sum(0)
+        var = self.signal_var + self.jitter - (v**2).sum(0)
         return k_tc @ alpha, np.sqrt(np.maximum(var, 1e-12))
 
     def __repr__(self) -> str:
-        return (f"GPTasks(shots={self.shots}, queries={self.queries}, seed={self.seed}, "
-                f"lengthscale={self.lengthscale}, signal_var={self.signal_var}, jitter={self.jitter}, "
-                f"variable_context={self.variable_context})")
+        return (
+            f"GPTasks(shots={self.shots}, queries={self.queries}, seed={self.seed}, "
+            f"lengthscale={self.lengthscale}, signal_var={self.signal_var}, jitter={self.jitter}, "
+            f"variable_context={self.variable_context})"
+        )
 
 
 @DATASETS.register("gp1d")
@@ -96,5 +114,12 @@ class GP1DSuite(RegressionSuite):
 
     def source(self, shots: int, queries: int, seed: int, training: bool) -> GPTasks:
         a = self.args
-        return GPTasks(shots, queries, seed=seed, lengthscale=a.lengthscale, signal_var=a.signal_var,
-                       jitter=a.jitter, variable_context=training)
+        return GPTasks(
+            shots,
+            queries,
+            seed=seed,
+            lengthscale=a.lengthscale,
+            signal_var=a.signal_var,
+            jitter=a.jitter,
+            variable_context=training,
+        )

@@ -10,6 +10,7 @@ Every image is decoded once (in worker processes for large folders) to uint8
 sizes, mtimes, image size, channels and resize mode, so touching, adding or removing a file
 rebuilds the cache and unchanged folders load in a fraction of a second.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -76,7 +77,9 @@ def _walk(folder: Path, prefix: str, seen: set, out: list[str]) -> None:
         seen.add((info.st_dev, info.st_ino))
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
-        raise FastAdaptError(f"cannot list image folder {folder} ({exc.strerror or exc}); check its permissions") from None
+        raise FastAdaptError(
+            f"cannot list image folder {folder} ({exc.strerror or exc}); check its permissions"
+        ) from None
     for entry in entries:
         if _hidden(entry.name):
             continue
@@ -99,19 +102,25 @@ def scan_folder(root: str | Path) -> FolderListing:
     root = Path(root).expanduser()
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
-        raise FastAdaptError(f"data.args.root={str(root)!r} {what}; point it at a folder with one sub-folder "
-                             f"of images per class (e.g. --set data.args.root=photos/)")
+        raise FastAdaptError(
+            f"data.args.root={str(root)!r} {what}; point it at a folder with one sub-folder "
+            f"of images per class (e.g. --set data.args.root=photos/)"
+        )
     root = root.resolve()
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
-        raise FastAdaptError(f"cannot list data.args.root {root} ({exc.strerror or exc}); check its permissions") from None
+        raise FastAdaptError(
+            f"cannot list data.args.root {root} ({exc.strerror or exc}); check its permissions"
+        ) from None
     class_dirs = [e for e in entries if not _hidden(e.name) and e.is_dir()]
     loose = sum(1 for e in entries if e.is_file() and _is_image(e.name))
     if not class_dirs:
         found = f"it holds {loose} images directly" if loose else "it is empty of sub-folders"
-        raise FastAdaptError(f"no class folders in {root} ({found}); put each class's images in a sub-folder "
-                             f"named after the class: {root}/<class>/<image>")
+        raise FastAdaptError(
+            f"no class folders in {root} ({found}); put each class's images in a sub-folder "
+            f"named after the class: {root}/<class>/<image>"
+        )
     if loose:
         warnings.warn(f"ignoring {loose} images directly in {root}: only images inside class sub-folders are used")
     files, labels, seen = [], [], {(root.stat().st_dev, root.stat().st_ino)}
@@ -119,8 +128,10 @@ def scan_folder(root: str | Path) -> FolderListing:
         found: list[str] = []
         _walk(Path(entry.path), entry.name, seen, found)
         if not found:
-            raise FastAdaptError(f"class folder {root / entry.name} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
-                                 f"add images, or remove it or hide it (a name starting with '.')")
+            raise FastAdaptError(
+                f"class folder {root / entry.name} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                f"add images, or remove it or hide it (a name starting with '.')"
+            )
         files += found
         labels += [label] * len(found)
     stats, base = [], str(root)
@@ -134,6 +145,7 @@ def scan_folder(root: str | Path) -> FolderListing:
 
 
 # ----------------------------------------------------------------------------- decoding
+
 
 def _decode_chunk(paths: list[str], size: int, channels: int, resize: str) -> tuple[np.ndarray, dict[int, str]]:
     """Decode `paths` (runs in worker processes): uint8 (n, channels, size, size), unreadable
@@ -192,8 +204,9 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def decode_files(paths: list[str], size: int, channels: int = 3, resize: str = "squash",
-                 workers: int | None = None) -> tuple[np.ndarray, dict[int, str]]:
+def decode_files(
+    paths: list[str], size: int, channels: int = 3, resize: str = "squash", workers: int | None = None
+) -> tuple[np.ndarray, dict[int, str]]:
     """Decode image files to uint8 (n, channels, size, size), in path order.
 
     Returns the array and {index: message} for unreadable files (their rows are zero). Decoding
@@ -209,11 +222,13 @@ def decode_files(paths: list[str], size: int, channels: int = 3, resize: str = "
         pool = None
         try:
             pool = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(),))
-            jobs = {pool.submit(_decode_chunk, paths[i:i + step], size, channels, resize): i for i in range(0, n, step)}
+            jobs = {
+                pool.submit(_decode_chunk, paths[i : i + step], size, channels, resize): i for i in range(0, n, step)
+            }
             for job in as_completed(jobs):
                 array, errors = job.result()
                 start = jobs[job]
-                items[start:start + len(array)] = array
+                items[start : start + len(array)] = array
                 bad.update({start + j: message for j, message in errors.items()})
             pool.shutdown()
             return items, bad
@@ -230,8 +245,15 @@ def decode_files(paths: list[str], size: int, channels: int = 3, resize: str = "
 
 # ----------------------------------------------------------------------------- loading
 
-def load_image_folder(root: str | Path, size: int, channels: int = 3, resize: str = "squash",
-                      skip_bad: bool = False, listing: FolderListing | None = None) -> LabelledDataset:
+
+def load_image_folder(
+    root: str | Path,
+    size: int,
+    channels: int = 3,
+    resize: str = "squash",
+    skip_bad: bool = False,
+    listing: FolderListing | None = None,
+) -> LabelledDataset:
     """Every image under `root`'s class folders: items uint8 (N, channels, size, size), labels
     (N,) = index of the class folder in sorted order, `sources` the absolute file paths.
 
@@ -241,23 +263,40 @@ def load_image_folder(root: str | Path, size: int, channels: int = 3, resize: st
     """
     listing = listing or scan_folder(root)
     root = listing.root
-    key = {"kind": "imagefolder", "version": _CACHE_VERSION, "size": size, "channels": channels, "resize": resize,
-           "classes": listing.classes, "files": [[f, *s] for f, s in zip(listing.files, listing.stats)]}
+    key = {
+        "kind": "imagefolder",
+        "version": _CACHE_VERSION,
+        "size": size,
+        "channels": channels,
+        "resize": resize,
+        "classes": listing.classes,
+        "files": [[f, *s] for f, s in zip(listing.files, listing.stats)],
+    }
 
     def build() -> LabelledDataset:
-        log.info("decoding %d images of %s once; later loads read %s", len(listing.files), root,
-                 cache_file("imagefolder", key))
+        log.info(
+            "decoding %d images of %s once; later loads read %s",
+            len(listing.files),
+            root,
+            cache_file("imagefolder", key),
+        )
         items, bad = decode_files([os.path.join(root, f) for f in listing.files], size, channels, resize)
         keep = np.ones(len(listing.files), bool)
         keep[list(bad)] = False
         empty = np.flatnonzero(np.bincount(listing.labels[keep], minlength=len(listing.classes)) == 0)
         if empty.size:
             first = min(i for i in bad if listing.labels[i] == empty[0])
-            raise FastAdaptError(f"class folder {root / listing.classes[empty[0]]} has no readable image; "
-                                 f"the first: {bad[first]}")
+            raise FastAdaptError(
+                f"class folder {root / listing.classes[empty[0]]} has no readable image; the first: {bad[first]}"
+            )
         index = np.flatnonzero(keep)
-        return LabelledDataset(torch.from_numpy(items[index] if bad else items), listing.labels[index],
-                               list(listing.classes), f"imagefolder/{root.name}", [listing.files[i] for i in index])
+        return LabelledDataset(
+            torch.from_numpy(items[index] if bad else items),
+            listing.labels[index],
+            list(listing.classes),
+            f"imagefolder/{root.name}",
+            [listing.files[i] for i in index],
+        )
 
     dataset = cached_dataset("imagefolder", key, build, item_shape=(channels, size, size))
     decoded = set(dataset.sources or ())
@@ -269,17 +308,23 @@ def load_image_folder(root: str | Path, size: int, channels: int = 3, resize: st
             more = f" ({len(skipped)} unreadable images in {root})" if len(skipped) > 1 else ""
             raise FastAdaptError(f"{exc}{more}") from None
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) of {root} (data.args.skip_bad=true), "
-                      f"e.g. {root / skipped[0]}")
-    return LabelledDataset(dataset.items, dataset.labels, dataset.class_names, f"imagefolder/{root.name}",
-                           [os.path.join(root, s) for s in dataset.sources])
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable image(s) of {root} (data.args.skip_bad=true), e.g. {root / skipped[0]}"
+        )
+    return LabelledDataset(
+        dataset.items,
+        dataset.labels,
+        dataset.class_names,
+        f"imagefolder/{root.name}",
+        [os.path.join(root, s) for s in dataset.sources],
+    )
 
 
 def _apportion(fractions: list[float], n: int) -> np.ndarray:
     """Split n classes by `fractions` (largest remainder: counts sum to n, each within 1 of its share)."""
     raw = np.asarray(fractions, np.float64) / sum(fractions) * n  # exact sum, so floors never exceed n
     counts = np.floor(raw + 1e-9).astype(np.int64)
-    extra = np.argsort(-(raw - counts), kind="stable")[:n - counts.sum()]
+    extra = np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]
     counts[extra] += 1
     return counts
 
@@ -291,8 +336,9 @@ def class_splits(args, classes: list[str], root: Path) -> dict[str, np.ndarray]:
     lists = {s: getattr(args, f"{s}_classes") for s in CLASS_SPLITS if getattr(args, f"{s}_classes") is not None}
     if lists:
         if args.split_fractions is not None:
-            raise FastAdaptError("data.args: give class lists (train_classes, val_classes, test_classes) or "
-                                 "split_fractions, not both")
+            raise FastAdaptError(
+                "data.args: give class lists (train_classes, val_classes, test_classes) or split_fractions, not both"
+            )
         index, owner, out = {c: i for i, c in enumerate(classes)}, {}, {}
         for split, names in lists.items():
             key = f"data.args.{split}_classes"
@@ -300,22 +346,27 @@ def class_splits(args, classes: list[str], root: Path) -> dict[str, np.ndarray]:
                 raise FastAdaptError(f"{key} must be a non-empty list of class-folder names, got {names!r}")
             for j, name in enumerate(names):
                 if not isinstance(name, str):
-                    raise FastAdaptError(f"{key}[{j}] must be a class-folder name (a string), got {name!r}; quote "
-                                         f"names that YAML reads as numbers or booleans, e.g. '007'")
+                    raise FastAdaptError(
+                        f"{key}[{j}] must be a class-folder name (a string), got {name!r}; quote "
+                        f"names that YAML reads as numbers or booleans, e.g. '007'"
+                    )
                 if name not in index:
                     shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
                     raise FastAdaptError(f"{key}: no class folder {name!r} in {root} ({len(classes)} classes: {shown})")
                 if name in owner:
-                    raise FastAdaptError(f"class {name!r} is listed in data.args.{owner[name]}_classes and in {key}; "
-                                         f"each class belongs to one split")
+                    raise FastAdaptError(
+                        f"class {name!r} is listed in data.args.{owner[name]}_classes and in {key}; "
+                        f"each class belongs to one split"
+                    )
                 owner[name] = split
             out[split] = np.sort([index[name] for name in names])
         return out
     fractions = DEFAULT_FRACTIONS if args.split_fractions is None else args.split_fractions
-    if (len(fractions) != 3 or not all(np.isfinite(f) and f >= 0 for f in fractions)
-            or abs(sum(fractions) - 1) > 1e-6):
-        raise FastAdaptError(f"data.args.split_fractions must be 3 non-negative shares of the classes for "
-                             f"train, val and test summing to 1, e.g. [0.6, 0.2, 0.2]; got {list(fractions)}")
+    if len(fractions) != 3 or not all(np.isfinite(f) and f >= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise FastAdaptError(
+            f"data.args.split_fractions must be 3 non-negative shares of the classes for "
+            f"train, val and test summing to 1, e.g. [0.6, 0.2, 0.2]; got {list(fractions)}"
+        )
     if args.split_seed < 0:
         raise FastAdaptError(f"data.args.split_seed must be a non-negative integer, got {args.split_seed}")
     order = np.random.default_rng(args.split_seed).permutation(len(classes))
@@ -347,8 +398,10 @@ class ImageFolderSuite(ClassificationSuite):
     def _listing(self) -> FolderListing:
         if getattr(self, "_folder", None) is None:
             if not self.args.root:
-                raise FastAdaptError("data.args.root is required for the imagefolder dataset: the folder with one "
-                                     "sub-folder of images per class (e.g. --set data.args.root=photos/)")
+                raise FastAdaptError(
+                    "data.args.root is required for the imagefolder dataset: the folder with one "
+                    "sub-folder of images per class (e.g. --set data.args.root=photos/)"
+                )
             self._folder = scan_folder(self.args.root)
         return self._folder
 
@@ -369,13 +422,17 @@ class ImageFolderSuite(ClassificationSuite):
             return LabelledDataset(data.items, data.labels, data.class_names, f"{data.name}/all", data.sources)
         splits = class_splits(self.args, listing.classes, listing.root)  # checked before the slow decode
         if split not in splits:
-            raise FastAdaptError(f"imagefolder has no {split!r} split: data.args lists classes for "
-                                 f"{', '.join(splits)} only; add data.args.{split}_classes, or set "
-                                 f"data.{split}_split to another split (e.g. all) or null")
+            raise FastAdaptError(
+                f"imagefolder has no {split!r} split: data.args lists classes for "
+                f"{', '.join(splits)} only; add data.args.{split}_classes, or set "
+                f"data.{split}_split to another split (e.g. all) or null"
+            )
         if not len(splits[split]):
             sizes = "/".join(str(len(splits[s])) for s in CLASS_SPLITS)
-            raise FastAdaptError(f"the {split!r} split of {listing.root} has no classes: split_fractions of "
-                                 f"{len(listing.classes)} classes give train/val/test = {sizes}; add classes "
-                                 f"or change data.args.split_fractions")
+            raise FastAdaptError(
+                f"the {split!r} split of {listing.root} has no classes: split_fractions of "
+                f"{len(listing.classes)} classes give train/val/test = {sizes}; add classes "
+                f"or change data.args.split_fractions"
+            )
         data = self.load_all()
         return data.subset(splits[split], f"{data.name}/{split}")

@@ -4,6 +4,7 @@ Every image loader (image folders, mini-ImageNet, CIFAR-FS, CUB) decodes through
 `decode_image` and caches its whole decoded split through `cached_dataset`, so a dataset is
 decoded once and later runs load one .npz.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,8 @@ import io
 import json
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -77,8 +78,9 @@ def to_array(img: Image.Image, size: int, channels: int, resize: str = "squash")
     return array[None] if channels == 1 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def decode_image(source: str | Path | bytes, size: int, channels: int = 3, resize: str = "squash",
-                 where: str | None = None) -> np.ndarray:
+def decode_image(
+    source: str | Path | bytes, size: int, channels: int = 3, resize: str = "squash", where: str | None = None
+) -> np.ndarray:
     """Decode one image file (path or bytes) to uint8 (channels, size, size).
 
     Raises FastAdaptError naming `where` (default: the path) for a missing, unreadable or truncated
@@ -98,8 +100,10 @@ def decode_image(source: str | Path | bytes, size: int, channels: int = 3, resiz
         detail = str(exc).splitlines()[0] if str(exc) else "corrupt"
         if isinstance(exc, UnidentifiedImageError):  # its message shows a BytesIO repr, not the file
             detail = "not an image format Pillow recognises"
-        raise FastAdaptError(f"cannot read image {where} ({type(exc).__name__}: {detail}); "
-                             f"replace or delete the file (or set data.args.skip_bad=true where supported)") from None
+        raise FastAdaptError(
+            f"cannot read image {where} ({type(exc).__name__}: {detail}); "
+            f"replace or delete the file (or set data.args.skip_bad=true where supported)"
+        ) from None
 
 
 def cache_file(kind: str, key: dict) -> Path:
@@ -125,8 +129,9 @@ def _read_cache(path: Path, expect_items: tuple[int, ...] | None) -> LabelledDat
         return None
 
 
-def cached_dataset(kind: str, key: dict, build: Callable[[], LabelledDataset],
-                   item_shape: tuple[int, ...] | None = None) -> LabelledDataset:
+def cached_dataset(
+    kind: str, key: dict, build: Callable[[], LabelledDataset], item_shape: tuple[int, ...] | None = None
+) -> LabelledDataset:
     """The dataset `build()` returns, cached under the user cache as `<kind>/<hash of key>.npz`.
 
     `key` must change whenever the decoded result would (file list, sizes, mtimes, image size,
@@ -138,8 +143,12 @@ def cached_dataset(kind: str, key: dict, build: Callable[[], LabelledDataset],
     if dataset is not None:
         return dataset
     dataset = build()
-    arrays = {"items": dataset.items.numpy(), "labels": dataset.labels,
-              "class_names": np.array(dataset.class_names), "name": np.array(dataset.name)}
+    arrays = {
+        "items": dataset.items.numpy(),
+        "labels": dataset.labels,
+        "class_names": np.array(dataset.class_names),
+        "name": np.array(dataset.name),
+    }
     if dataset.sources is not None:
         arrays["sources"] = np.array(dataset.sources)
     try:

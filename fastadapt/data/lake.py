@@ -4,6 +4,7 @@ Each run has 20 training images (one per class) and 20 test items; `class_labels
 test item with its correct training image. Scores are reported as the official demo
 (`demo_classification.py`) does: percent error per run, averaged over runs.
 """
+
 from __future__ import annotations
 
 import re
@@ -43,18 +44,22 @@ def _answers(text: str, trains: list[str], tests: list[str], where: str) -> np.n
     answer_of = dict(p for p in pairs if len(p) == 2)
     class_index = {name: i for i, name in enumerate(trains)}
     if len(answer_of) != len(pairs) or sorted(answer_of) != tests or not set(answer_of.values()) <= set(class_index):
-        raise FastAdaptError(f"{where} does not pair each test image of the run with one of its training images "
-                             f"(lines '<test image> <training image>'); replace all_runs.zip with the official one")
+        raise FastAdaptError(
+            f"{where} does not pair each test image of the run with one of its training images "
+            f"(lines '<test image> <training image>'); replace all_runs.zip with the official one"
+        )
     return np.array([class_index[answer_of[t]] for t in tests], dtype=np.int64)
 
 
 def _load_run(reader: ArchiveReader, files: list[str], labels_path: str, size: int) -> LakeRun:
     """Support = runNN/training/*.png and query = runNN/test/*.png, each sorted by name (as the demo)."""
     match = _LABELS.search(labels_path)
-    prefix, run = labels_path[:match.start(1)], match[1]  # prefix: the folder holding runNN/, if any
+    prefix, run = labels_path[: match.start(1)], match[1]  # prefix: the folder holding runNN/, if any
 
     def listed(folder: str) -> list[str]:
-        return sorted(f[len(prefix):] for f in files if f.startswith(f"{prefix}{run}/{folder}/") and f.endswith(".png"))
+        return sorted(
+            f[len(prefix) :] for f in files if f.startswith(f"{prefix}{run}/{folder}/") and f.endswith(".png")
+        )
 
     def images(names: list[str]) -> torch.Tensor:
         stacked = np.stack([reader.image(prefix + name, size) for name in names])
@@ -72,16 +77,16 @@ def load_lake_runs(root: Path | str | None = None, size: int = 28, download: boo
         files = reader.names()
         labels = sorted((f for f in files if _LABELS.search(f)), key=lambda f: _LABELS.search(f)[1])
         if not labels:
-            raise FastAdaptError(f"no runNN/class_labels.txt found in {source}; replace it with the official "
-                                 f"all_runs.zip")
+            raise FastAdaptError(
+                f"no runNN/class_labels.txt found in {source}; replace it with the official all_runs.zip"
+            )
         return [_load_run(reader, files, path, size) for path in labels]
 
 
 def lake_episode(run: LakeRun) -> Episode:
     """The run as a 20-way 1-shot episode whose query labels are the official answers."""
     ways = len(run.support)
-    return Episode(run.support, torch.arange(ways), run.query, run.answers, ways=ways, shots=1,
-                   info={"run": run.name})
+    return Episode(run.support, torch.arange(ways), run.query, run.answers, ways=ways, shots=1, info={"run": run.name})
 
 
 def score_lake(predictions: list[torch.Tensor], runs: list[LakeRun]) -> dict:
@@ -98,11 +103,18 @@ def score_lake(predictions: list[torch.Tensor], runs: list[LakeRun]) -> dict:
         if prediction.ndim == 2:
             prediction = prediction.argmax(-1)
         if prediction.shape != run.answers.shape:
-            raise FastAdaptError(f"{run.name}: predictions have shape {tuple(prediction.shape)}, "
-                             f"expected {tuple(run.answers.shape)} (one class index per test item)")
+            raise FastAdaptError(
+                f"{run.name}: predictions have shape {tuple(prediction.shape)}, "
+                f"expected {tuple(run.answers.shape)} (one class index per test item)"
+            )
         hits = int((prediction.long() == run.answers).sum())
         correct += hits
         errors.append(100.0 - 100.0 * hits / len(run))  # as the demo: perror = 100 - pcorrect
     trials = sum(len(run) for run in runs)
-    return {"accuracy": correct / trials, "error_per_run": errors, "mean_error": float(np.mean(errors)),
-            "runs": len(runs), "trials": trials}
+    return {
+        "accuracy": correct / trials,
+        "error_per_run": errors,
+        "mean_error": float(np.mean(errors)),
+        "runs": len(runs),
+        "trials": trials,
+    }

@@ -23,6 +23,7 @@ Images are squashed to S x S (Ravi's preprocessing ignores the aspect ratio) and
 into the cache (keyed by the files' names, sizes and mtimes); arrays already at S x S are used
 as they are, so the 84-pixel pickles are not copied into the cache.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,7 @@ from ..registry import DATASETS
 from .base import ClassificationSuite
 from .dataset import LabelledDataset
 from .images import IMAGE_EXTENSIONS, cached_dataset
-from .safe_pickle import (dataset_dir, decode_many, fingerprint, resize_images, root_origin, safe_load,
-                          split_classes)
+from .safe_pickle import dataset_dir, decode_many, fingerprint, resize_images, root_origin, safe_load, split_classes
 
 NATIVE_SIZE = 84
 PER_CLASS = 600
@@ -80,14 +80,19 @@ class MiniImageNet(ClassificationSuite):
         raise FastAdaptError(
             f"mini-ImageNet {split} split not found in {base} ({origin}): looked for {'; '.join(looked)}; fix: put one "
             f"of these there or point data.args.root at it; there is no official download: build it from ImageNet "
-            f"(image-net.org) with Ravi's csv files ({CSV_SOURCE}) or use a copy you already have")
+            f"(image-net.org) with Ravi's csv files ({CSV_SOURCE}) or use a copy you already have"
+        )
 
 
 # ----------------------------------------------------------------------------- pickles and npz
 
+
 def _array_file(base: Path, split: str, layout: str, looked: list[str]) -> Path | None:
-    names = ([f"mini-imagenet-cache-{split}.pkl", f"miniImageNet_category_split_{METAOPTNET[split]}.pickle"]
-             if layout == "pickle" else [f"mini-imagenet-{split}.npz", f"mini-imagenet-cache-{split}.npz"])
+    names = (
+        [f"mini-imagenet-cache-{split}.pkl", f"miniImageNet_category_split_{METAOPTNET[split]}.pickle"]
+        if layout == "pickle"
+        else [f"mini-imagenet-{split}.npz", f"mini-imagenet-cache-{split}.npz"]
+    )
     for file in names:
         looked.append(file)
         if (base / file).is_file():
@@ -104,8 +109,10 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
                 key = "image_data" if "image_data" in data.files else "images"
                 images, labels = data[key], data["labels"]
         except (OSError, ValueError, KeyError, EOFError) as exc:
-            raise FastAdaptError(f"{bad} (expected arrays image_data and labels: {type(exc).__name__}: "
-                                 f"{str(exc)[:100]}); replace it with a complete copy") from None
+            raise FastAdaptError(
+                f"{bad} (expected arrays image_data and labels: {type(exc).__name__}: "
+                f"{str(exc)[:100]}); replace it with a complete copy"
+            ) from None
         labels = labels.astype(str)
         groups = {wnid: np.flatnonzero(labels == wnid) for wnid in np.unique(labels)}
     else:
@@ -119,8 +126,10 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             groups = {k: v for k, v in groups.items() if v.size}
         else:
             keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise FastAdaptError(f"{bad}: expected a dict with image_data and class_dict (or data, labels and "
-                                 f"catname2label), got {keys}; replace it with the original file")
+            raise FastAdaptError(
+                f"{bad}: expected a dict with image_data and class_dict (or data, labels and "
+                f"catname2label), got {keys}; replace it with the original file"
+            )
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and images.shape[3] == 3):
         got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
         raise FastAdaptError(f"{bad}: images must be uint8 (N, H, W, 3), got {got}; replace it with the original file")
@@ -135,8 +144,10 @@ def _load_array_split(path: Path, classes: list[str], size: int, name: str) -> L
         images, groups = _read_arrays(path)
         missing, extra = [c for c in classes if c not in groups], sorted(set(groups) - set(classes))
         if missing or extra:
-            raise FastAdaptError(f"{path} does not hold Ravi's {name.rsplit('-', 1)[1]} classes (missing "
-                                 f"{missing[:3]}, unexpected {extra[:3]}); is it the file of another split?")
+            raise FastAdaptError(
+                f"{path} does not hold Ravi's {name.rsplit('-', 1)[1]} classes (missing "
+                f"{missing[:3]}, unexpected {extra[:3]}); is it the file of another split?"
+            )
         index = np.concatenate([groups[c] for c in classes])
         labels = np.repeat(np.arange(len(classes)), [len(groups[c]) for c in classes])
         return LabelledDataset(torch.from_numpy(resize_images(images, size, index)), labels, classes, name)
@@ -148,6 +159,7 @@ def _load_array_split(path: Path, classes: list[str], size: int, name: str) -> L
 
 
 # ----------------------------------------------------------------------------- image files
+
 
 def _listing(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
@@ -165,26 +177,34 @@ def _read_csv(base: Path, split: str, classes: list[str]) -> tuple[Path, dict[st
         if line.strip():
             file, _, wnid = line.strip().partition(",")
             if not wnid:
-                raise FastAdaptError(f"{path}:{number}: expected `filename,label`, got {line!r}; use Ravi's csv ({CSV_SOURCE})")
+                raise FastAdaptError(
+                    f"{path}:{number}: expected `filename,label`, got {line!r}; use Ravi's csv ({CSV_SOURCE})"
+                )
             rows.setdefault(wnid.strip(), []).append(file.strip())
     if set(rows) != set(classes):
-        raise FastAdaptError(f"{path} does not list Ravi's {split} classes ({len(rows)} classes, e.g. "
-                             f"{sorted(set(rows) ^ set(classes))[:2]} differ); use the original csv ({CSV_SOURCE})")
+        raise FastAdaptError(
+            f"{path} does not list Ravi's {split} classes ({len(rows)} classes, e.g. "
+            f"{sorted(set(rows) ^ set(classes))[:2]} differ); use the original csv ({CSV_SOURCE})"
+        )
     return path, rows
 
 
 def _imagenet_order(files: list[Path]) -> list[Path]:
     """ImageNet's `<wnid>_<number>.JPEG` files by number (the order Ravi's file ids index)."""
+
     def number(p: Path) -> tuple[int, str]:
         tail = p.stem.rsplit("_", 1)[-1]
         return (int(tail) if tail.isdigit() else -1, p.name)
+
     return sorted(files, key=number)
 
 
 def _image_files(base: Path, split: str, classes: list[str], looked: list[str]) -> list[list[Path]] | None:
     """Each class's image files (csv selection applied), or None when no class is found."""
-    looked.append(f"{split}.csv with images/ or class folders <wnid>/, {split}/<wnid>/, images/<wnid>/ or train/<wnid>/ "
-                  f"(e.g. {base / classes[0]})")
+    looked.append(
+        f"{split}.csv with images/ or class folders <wnid>/, {split}/<wnid>/, images/<wnid>/ or train/<wnid>/ "
+        f"(e.g. {base / classes[0]})"
+    )
     flat: dict[str, list[Path]] = {}
     if (base / "images").is_dir():  # Ravi's flat folder: group n0153282900000005.jpg by its wnid prefix
         for path in _listing(base / "images"):
@@ -200,17 +220,21 @@ def _image_files(base: Path, split: str, classes: list[str], looked: list[str]) 
     if len(missing) == len(classes):
         return None
     if missing:
-        raise FastAdaptError(f"mini-ImageNet class {missing[0]} of the {split} split has no images in {base} "
-                             f"({len(missing)} of {len(classes)} classes missing); looked in {base / split / missing[0]}/, "
-                             f"{base / missing[0]}/, {base / 'images' / missing[0]}/ and {base / 'train' / missing[0]}/; "
-                             f"complete the copy")
+        raise FastAdaptError(
+            f"mini-ImageNet class {missing[0]} of the {split} split has no images in {base} "
+            f"({len(missing)} of {len(classes)} classes missing); looked in {base / split / missing[0]}/, "
+            f"{base / missing[0]}/, {base / 'images' / missing[0]}/ and {base / 'train' / missing[0]}/; "
+            f"complete the copy"
+        )
     csv = _read_csv(base, split, classes)
     if csv is None:
         for wnid, files in zip(classes, per_class):
             if len(files) > PER_CLASS:
-                raise FastAdaptError(f"class {wnid} has {len(files)} images in {files[0].parent}, more than mini-ImageNet's "
-                                     f"{PER_CLASS}: a full ImageNet folder; put Ravi's {split}.csv ({CSV_SOURCE}) in "
-                                     f"{base} to select the benchmark's images")
+                raise FastAdaptError(
+                    f"class {wnid} has {len(files)} images in {files[0].parent}, more than mini-ImageNet's "
+                    f"{PER_CLASS}: a full ImageNet folder; put Ravi's {split}.csv ({CSV_SOURCE}) in "
+                    f"{base} to select the benchmark's images"
+                )
         return per_class
     path, rows = csv
     return [_select(path, wnid, rows[wnid], files) for wnid, files in zip(classes, per_class)]
@@ -226,10 +250,12 @@ def _select(csv: Path, wnid: str, names: list[str], files: list[Path]) -> list[P
             continue
         ordered = ordered or _imagenet_order(files)
         stem = Path(name).stem
-        number = int(stem[len(wnid):]) if stem.startswith(wnid) and stem[len(wnid):].isdigit() else 0
+        number = int(stem[len(wnid) :]) if stem.startswith(wnid) and stem[len(wnid) :].isdigit() else 0
         if not 1 <= number <= len(ordered):
-            raise FastAdaptError(f"{csv} lists {name}, which is neither in {files[0].parent} nor image number {number} "
-                                 f"of its {len(ordered)} images; use ImageNet's full train/{wnid}/ folder or Ravi's images/")
+            raise FastAdaptError(
+                f"{csv} lists {name}, which is neither in {files[0].parent} nor image number {number} "
+                f"of its {len(ordered)} images; use ImageNet's full train/{wnid}/ folder or Ravi's images/"
+            )
         chosen.append(ordered[number - 1])
     return chosen
 
@@ -242,6 +268,5 @@ def _decode_split(base: Path, classes: list[str], per_class: list[list[Path]], s
         labels = np.repeat(np.arange(len(per_class)), [len(g) for g in per_class])
         return LabelledDataset(torch.from_numpy(items), labels, classes, name, [str(p) for p in files])
 
-    key = {"dataset": "miniimagenet", "name": name, "size": size, "resize": "squash",
-           "files": fingerprint(files, base)}
+    key = {"dataset": "miniimagenet", "name": name, "size": size, "resize": "squash", "files": fingerprint(files, base)}
     return cached_dataset("miniimagenet", key, build, (3, size, size))

@@ -5,6 +5,7 @@ drawings, cached as .npz under the user cache (keyed by image size and the archi
 so later runs start in well under a second. Class pools (the Vinyals rotated splits, or Lake's
 background/evaluation alphabets) are one vectorised gather (and rotation) of that array.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,11 +26,11 @@ from PIL import Image
 
 from ..errors import FastAdaptError
 from ..paths import resolve_data_root, user_cache_dir
+from ..registry import DATASETS
 from ..utils import WriteError, atomic_write
 from .base import ClassificationSuite
 from .dataset import LabelledDataset
 from .download import download_file
-from ..registry import DATASETS
 
 _OFFICIAL = "https://github.com/brendenlake/omniglot/raw/master/python/"
 #: stem -> (official URL, official MD5 or None, minimum plausible size in bytes)
@@ -78,6 +79,7 @@ class OmniglotCharacters:
 
 # ----------------------------------------------------------------------------- locating files
 
+
 class ArchiveReader:
     """Members of a zip file, or of the folder it was extracted to, behind one interface."""
 
@@ -88,8 +90,10 @@ class ArchiveReader:
             try:
                 self._zip = zipfile.ZipFile(self.path)
             except (zipfile.BadZipFile, OSError) as exc:
-                raise FastAdaptError(f"{self.path} is not a readable zip file ({exc}); it is corrupt or a partial "
-                                     f"download: delete it and download it again") from None
+                raise FastAdaptError(
+                    f"{self.path} is not a readable zip file ({exc}); it is corrupt or a partial "
+                    f"download: delete it and download it again"
+                ) from None
 
     def names(self) -> list[str]:
         """Relative posix paths of all files, skipping hidden ones (e.g. macOS '._' resource forks)."""
@@ -103,8 +107,9 @@ class ArchiveReader:
         try:
             return self._zip.read(name) if self._zip is not None else (self.path / name).read_bytes()
         except (KeyError, FileNotFoundError):
-            raise FastAdaptError(f"{name} is missing from {self.path}; the archive is incomplete: "
-                                 f"replace it with the official one") from None
+            raise FastAdaptError(
+                f"{name} is missing from {self.path}; the archive is incomplete: replace it with the official one"
+            ) from None
 
     def image(self, name: str, size: int) -> np.ndarray:
         """One member decoded by `preprocess_image`; a member that is not a whole image (text,
@@ -114,14 +119,16 @@ class ArchiveReader:
             with Image.open(io.BytesIO(data)) as img:
                 return preprocess_image(img, size)
         except Exception as exc:  # noqa: BLE001 - untrusted bytes: PIL raises OSError, SyntaxError, ValueError...
-            raise FastAdaptError(f"{name} in {self.path} is not a readable image ({type(exc).__name__}: {exc}); "
-                                 f"the archive is damaged: replace it with the official one") from None
+            raise FastAdaptError(
+                f"{name} in {self.path} is not a readable image ({type(exc).__name__}: {exc}); "
+                f"the archive is damaged: replace it with the official one"
+            ) from None
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
 
-    def __enter__(self) -> "ArchiveReader":
+    def __enter__(self) -> ArchiveReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,18 +150,25 @@ def locate(root: Path | str | None, stem: str, download: bool = False) -> Path:
     url, md5, min_bytes = OFFICIAL_FILES[stem]
     if download:
         return download_file(url, zip_path, md5, min_bytes=min_bytes)
-    origin = ("--data-root" if root else "$FASTADAPT_DATA" if os.environ.get("FASTADAPT_DATA")
-              else "the default, as neither --data-root nor FASTADAPT_DATA is set")
+    origin = (
+        "--data-root"
+        if root
+        else "$FASTADAPT_DATA"
+        if os.environ.get("FASTADAPT_DATA")
+        else "the default, as neither --data-root nor FASTADAPT_DATA is set"
+    )
     raise FastAdaptError(
         f"Omniglot file {stem}.zip not found: looked for {zip_path} and the extracted folder {folder}/ "
         f"(data root from {origin}); fix: pass --data-root DIR or set FASTADAPT_DATA=DIR where "
-        f"DIR/omniglot/{stem}.zip exists, or download it from {url} (`fastadapt train --download`, or download=True in Python)")
+        f"DIR/omniglot/{stem}.zip exists, or download it from {url} (`fastadapt train --download`, or download=True in Python)"
+    )
 
 
 # ----------------------------------------------------------------------------- decoding + cache
 
+
 def _group_drawings(reader: ArchiveReader) -> dict[str, list[str]]:
-    """"Alphabet/characterNN" -> its PNG members sorted by file name, characters sorted by name."""
+    """ "Alphabet/characterNN" -> its PNG members sorted by file name, characters sorted by name."""
     groups: dict[str, list[str]] = defaultdict(list)
     for name in reader.names():
         parts = name.split("/")
@@ -178,8 +192,12 @@ def _decode_drawings(jobs: list[tuple[str, list[str]]], size: int) -> np.ndarray
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cores > 1 and sum(len(members) for _, members in jobs) >= _PARALLEL_MIN_IMAGES:
-        chunks = [(path, members[i:i + step]) for path, members in jobs
-                  for step in [-(-len(members) // cores)] for i in range(0, len(members), step)]
+        chunks = [
+            (path, members[i : i + step])
+            for path, members in jobs
+            for step in [-(-len(members) // cores)]
+            for i in range(0, len(members), step)
+        ]
         try:
             with ProcessPoolExecutor(cores) as pool:
                 return np.concatenate(list(pool.map(_decode_chunk, *zip(*chunks), [size] * len(chunks))))
@@ -195,8 +213,10 @@ def _decode_characters(sources: dict[str, Path], size: int) -> OmniglotCharacter
         with ArchiveReader(source) as reader:
             groups = _group_drawings(reader)
         if not groups:
-            raise FastAdaptError(f"no Omniglot drawings (<Alphabet>/<character>/<file>.png) found in {source}; "
-                                 f"replace it with the official {ARCHIVES[label]}.zip")
+            raise FastAdaptError(
+                f"no Omniglot drawings (<Alphabet>/<character>/<file>.png) found in {source}; "
+                f"replace it with the official {ARCHIVES[label]}.zip"
+            )
         names += groups
         archive += [label] * len(groups)
         counts.update({f"{char} in {source}": len(members) for char, members in groups.items()})
@@ -204,9 +224,11 @@ def _decode_characters(sources: dict[str, Path], size: int) -> OmniglotCharacter
     per_char = Counter(counts.values()).most_common(1)[0][0]
     odd = [f"{char} has {n}" for char, n in counts.items() if n != per_char]
     if odd:
-        raise FastAdaptError(f"Omniglot characters must all have the same number of drawings ({per_char}), but "
-                             f"{'; '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}; replace the archive with the "
-                             f"official one")
+        raise FastAdaptError(
+            f"Omniglot characters must all have the same number of drawings ({per_char}), but "
+            f"{'; '.join(odd[:3])}{' ...' if len(odd) > 3 else ''}; replace the archive with the "
+            f"official one"
+        )
     images = _decode_drawings(jobs, size)
     return OmniglotCharacters(images.reshape(len(names), per_char, size, size), names, archive)
 
@@ -234,18 +256,27 @@ def _read_cache(path: Path, size: int | None = None) -> OmniglotCharacters | Non
         warnings.warn(f"ignoring unreadable Omniglot cache {path} ({exc or type(exc).__name__}); rebuilding it")
         return None
     images = chars.images
-    if not (images.dtype == np.uint8 and images.ndim == 4 and images.shape[0] == len(chars) == len(chars.archive)
-            and images.shape[0] > 0 and (size is None or images.shape[2:] == (size, size))):
-        warnings.warn(f"ignoring Omniglot cache {path} of the wrong shape ({images.dtype} {images.shape} for "
-                      f"{len(chars)} characters); rebuilding it")
+    if not (
+        images.dtype == np.uint8
+        and images.ndim == 4
+        and images.shape[0] == len(chars) == len(chars.archive)
+        and images.shape[0] > 0
+        and (size is None or images.shape[2:] == (size, size))
+    ):
+        warnings.warn(
+            f"ignoring Omniglot cache {path} of the wrong shape ({images.dtype} {images.shape} for "
+            f"{len(chars)} characters); rebuilding it"
+        )
         return None
     return chars
 
 
 def _write_cache(path: Path, chars: OmniglotCharacters) -> None:
     try:
-        atomic_write(path, lambda f: np.savez(f, images=chars.images, names=np.array(chars.names),
-                                              archive=np.array(chars.archive)))
+        atomic_write(
+            path,
+            lambda f: np.savez(f, images=chars.images, names=np.array(chars.names), archive=np.array(chars.archive)),
+        )
     except (OSError, WriteError) as exc:  # a read-only cache costs speed, not correctness
         warnings.warn(f"could not write the Omniglot cache {path} ({exc}); set FASTADAPT_CACHE to a writable folder")
 
@@ -269,8 +300,9 @@ def _load_characters(sources: tuple[tuple[str, Path], ...], signature: tuple, si
     return chars
 
 
-def load_omniglot_characters(root: Path | str | None = None, size: int = 28,
-                             download: bool = False) -> OmniglotCharacters:
+def load_omniglot_characters(
+    root: Path | str | None = None, size: int = 28, download: bool = False
+) -> OmniglotCharacters:
     """All 1623 characters (964 background + 659 evaluation) x 20 drawings, preprocessed to `size`.
 
     The first call decodes the archives (seconds) and caches the result; later calls, in this
@@ -284,6 +316,7 @@ def load_omniglot_characters(root: Path | str | None = None, size: int = 28,
 
 
 # ----------------------------------------------------------------------------- class pools
+
 
 def _vinyals_classes(chars: OmniglotCharacters, split: str) -> tuple[np.ndarray, list[str]]:
     """The rotated classes of a Vinyals split file: images (n_classes, 20, S, S) and names.
@@ -300,12 +333,16 @@ def _vinyals_classes(chars: OmniglotCharacters, split: str) -> tuple[np.ndarray,
         character, _, rotation = line.rpartition("/")
         match = re.fullmatch(r"rot(\d{3})", rotation)
         if match is None or int(match[1]) % 90:
-            raise FastAdaptError(f"bad class {line!r} at {path}:{j + 1}; expected <Alphabet>/characterNN/rotDDD "
-                                 f"with DDD a multiple of 90")
+            raise FastAdaptError(
+                f"bad class {line!r} at {path}:{j + 1}; expected <Alphabet>/characterNN/rotDDD "
+                f"with DDD a multiple of 90"
+            )
         if character not in index:
-            raise FastAdaptError(f"class {line!r} of split file {path} is not in the Omniglot archives "
-                                 f"({len(chars)} characters found); use the official images_background.zip "
-                                 f"and images_evaluation.zip")
+            raise FastAdaptError(
+                f"class {line!r} of split file {path} is not in the Omniglot archives "
+                f"({len(chars)} characters found); use the official images_background.zip "
+                f"and images_evaluation.zip"
+            )
         char_ids[j], turns[j] = index[character], int(match[1]) // 90 % 4
     images = chars.images[char_ids]  # fancy indexing copies, so rotating in place is safe
     for k in (1, 2, 3):
@@ -314,7 +351,9 @@ def _vinyals_classes(chars: OmniglotCharacters, split: str) -> tuple[np.ndarray,
     return images, lines
 
 
-def omniglot_pool(split: str, root: Path | str | None = None, size: int = 28, download: bool = False) -> LabelledDataset:
+def omniglot_pool(
+    split: str, root: Path | str | None = None, size: int = 28, download: bool = False
+) -> LabelledDataset:
     """Classes of an Omniglot split as a labelled dataset: items uint8 (n_classes * 20, 1, size, size),
     item c * 20 + j being drawing j of class c.
 

@@ -11,6 +11,7 @@ The rest is what the benchmark loaders (miniimagenet.py, cifarfs.py, cub.py) sha
 split lists, where a dataset's files are looked for, a fingerprint of its source files for the
 decoded cache, and decoding many images (or resizing an image array) to uint8 (N, 3, S, S).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,9 +19,10 @@ import importlib
 import io
 import os
 import pickle
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -57,8 +59,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     """(module, name) -> object: what numpy arrays, dtypes and scalars are pickled with. None of
     these runs anything but array construction from the arguments the file supplies."""
     multiarray, numeric = _numpy_core("multiarray"), _numpy_core("numeric")
-    table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-             ("_codecs", "encode"): _latin1_encode}
+    table = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode}
     for package in ("numpy.core", "numpy._core"):
         table[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
         table[(f"{package}.multiarray", "scalar")] = multiarray.scalar
@@ -79,14 +80,26 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._allowed:
             return self._allowed[(module, name)]
-        raise FastAdaptError(f"refusing to load {self.where}: the pickle asks to call {module}.{name}, and only "
-                             f"numpy arrays and plain values are allowed (a dataset file never needs code; this one "
-                             f"may be malicious); delete it and get the file from the dataset's official source")
+        raise FastAdaptError(
+            f"refusing to load {self.where}: the pickle asks to call {module}.{name}, and only "
+            f"numpy arrays and plain values are allowed (a dataset file never needs code; this one "
+            f"may be malicious); delete it and get the file from the dataset's official source"
+        )
 
 
 #: What a corrupt or truncated pickle makes the unpickler raise.
-_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-                  OverflowError, RecursionError, UnicodeError)
+_PICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    OverflowError,
+    RecursionError,
+    UnicodeError,
+)
 
 
 def safe_load(source: str | Path | bytes | IO[bytes], where: str | None = None) -> Any:
@@ -102,10 +115,14 @@ def safe_load(source: str | Path | bytes | IO[bytes], where: str | None = None) 
     except FastAdaptError:
         raise
     except OSError as exc:
-        raise FastAdaptError(f"cannot read {where} ({exc.strerror or exc}); check the file and its permissions") from None
+        raise FastAdaptError(
+            f"cannot read {where} ({exc.strerror or exc}); check the file and its permissions"
+        ) from None
     except _PICKLE_ERRORS as exc:
-        raise FastAdaptError(f"{where} is not a readable pickle ({type(exc).__name__}: {str(exc)[:100] or 'corrupt'}); "
-                             f"it is corrupt or a partial copy: replace it with the original file") from None
+        raise FastAdaptError(
+            f"{where} is not a readable pickle ({type(exc).__name__}: {str(exc)[:100] or 'corrupt'}); "
+            f"it is corrupt or a partial copy: replace it with the original file"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- shared loader helpers
@@ -176,6 +193,7 @@ def decode_many(jobs: Sequence[tuple[str | Path | bytes, str]], size: int, resiz
 
     def one(i: int) -> None:
         out[i] = decode_image(jobs[i][0], size, 3, resize, jobs[i][1])
+
     _run(one, len(jobs))
     return out
 
@@ -188,10 +206,11 @@ def resize_images(images: np.ndarray, size: int, index: np.ndarray | None = None
     out = np.empty((len(index), 3, size, size), np.uint8)
     if images.shape[1:3] == (size, size):
         for start in range(0, len(index), 4096):
-            out[start:start + 4096] = images[index[start:start + 4096]].transpose(0, 3, 1, 2)
+            out[start : start + 4096] = images[index[start : start + 4096]].transpose(0, 3, 1, 2)
         return out
 
     def one(i: int) -> None:
         out[i] = to_array(Image.fromarray(images[index[i]]), size, 3)
+
     _run(one, len(index))
     return out

@@ -3,6 +3,7 @@
 Each task is y = A sin(x - phase) with A ~ U[0.1, 5], phase ~ U[0, pi] and x ~ U[-5, 5]; like
 classification episodes, task `index` is a pure function of (seed, index).
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,15 @@ def _check_range(name: str, bounds: tuple[float, float]) -> tuple[float, float]:
 class SinusoidTasks:
     """Tasks with `shots` support and `queries` query points, x of shape (n, 1), float32."""
 
-    def __init__(self, shots: int, queries: int, seed: int = 0, amplitude: tuple[float, float] = (0.1, 5.0),
-                 phase: tuple[float, float] = (0.0, math.pi), x_range: tuple[float, float] = (-5.0, 5.0)):
+    def __init__(
+        self,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        amplitude: tuple[float, float] = (0.1, 5.0),
+        phase: tuple[float, float] = (0.0, math.pi),
+        x_range: tuple[float, float] = (-5.0, 5.0),
+    ):
         for name, value in {"shots": shots, "queries": queries}.items():
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise FastAdaptError(f"sinusoid {name} must be a positive integer, got {value!r}")
@@ -62,8 +70,10 @@ class SinusoidTasks:
     __call__ = task
 
     def __repr__(self) -> str:
-        return (f"SinusoidTasks(shots={self.shots}, queries={self.queries}, seed={self.seed}, "
-                f"amplitude={self.amplitude}, phase={self.phase}, x_range={self.x_range})")
+        return (
+            f"SinusoidTasks(shots={self.shots}, queries={self.queries}, seed={self.seed}, "
+            f"amplitude={self.amplitude}, phase={self.phase}, x_range={self.x_range})"
+        )
 
 
 @DATASETS.register("sinusoid")

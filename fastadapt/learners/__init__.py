@@ -2,6 +2,7 @@
 
 Every module of every family package is imported here, so adding a learner is adding a file.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -27,8 +28,9 @@ def _import_families() -> None:
 _import_families()
 
 
-def build_learner(config: Config, input_shape: tuple[int, ...], channels_last: bool = False,
-                  num_train_classes: int | None = None) -> Learner:
+def build_learner(
+    config: Config, input_shape: tuple[int, ...], channels_last: bool = False, num_train_classes: int | None = None
+) -> Learner:
     """The learner a config names, with its backbone. Metric learners embed (no head);
     optimisation learners get a head with one output per training way (or one for regression).
     Learners whose `build` takes `num_train_classes` (transfer baselines) get the size of the
@@ -38,8 +40,13 @@ def build_learner(config: Config, input_shape: tuple[int, ...], channels_last: b
     settings = parse_args(cls.Args, config.learner.args) if cls.Args is not None else None
     ways = config.train.episodes.ways
     out_features = (ways or 1) if cls.needs_head else None
-    backbone = build_backbone(config.model.backbone, config.model.backbone_args, out_features=out_features,
-                              input_shape=input_shape, channels_last=channels_last)
+    backbone = build_backbone(
+        config.model.backbone,
+        config.model.backbone_args,
+        out_features=out_features,
+        input_shape=input_shape,
+        channels_last=channels_last,
+    )
     extra = {}
     if "num_train_classes" in inspect.signature(cls.build).parameters:
         extra["num_train_classes"] = num_train_classes
@@ -48,4 +55,6 @@ def build_learner(config: Config, input_shape: tuple[int, ...], channels_last: b
     try:  # a third-party learner without `Args`: its `build` signature is the list of settings
         return cls.build(backbone, ways, **extra, **config.learner.args)
     except TypeError as exc:
-        raise FastAdaptError(f"learner {config.learner.name!r}: bad learner.args {config.learner.args} ({exc})") from None
+        raise FastAdaptError(
+            f"learner {config.learner.name!r}: bad learner.args {config.learner.args} ({exc})"
+        ) from None

@@ -18,14 +18,15 @@ The contract (checked for every registered learner by tests/test_learner_contrac
   commented, range checks in `Args.__post_init__`. `build_learner` parses the config into it,
   so a typo or a bad value is a one-line FastAdaptError naming `learner.args.<key>`.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..data.episode import Episode
 from ..errors import FastAdaptError

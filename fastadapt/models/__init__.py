@@ -4,6 +4,7 @@ A backbone's user-facing settings (`model.backbone_args`) are its `Args` datacla
 input-derived arguments (channels, image size, input width, head width, memory layout) are
 filled in by `build_backbone`, so presets only state what is a real choice.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,21 +15,25 @@ from torch import nn
 from ..config import build_dataclass
 from ..errors import FastAdaptError
 from ..registry import BACKBONES
-from . import backbones  # noqa: F401  (registers the built-in backbones)
-from . import resnet12  # noqa: F401  (registers resnet12)
+from . import (
+    backbones,  # noqa: F401  (registers the built-in backbones)
+    resnet12,  # noqa: F401  (registers resnet12)
+)
 
 
 def parse_settings(args_cls: type, values: dict, where: str):
     """`build_dataclass(args_cls, values, where)`, with a clear message for a component that takes
     no settings at all (build_dataclass would list an empty set of valid keys)."""
     if isinstance(values, dict) and values and not dataclasses.fields(args_cls):
-        raise FastAdaptError(f"unknown setting {where}.{sorted(values)[0]}; there are no settings here, "
-                             f"so leave {where} empty")
+        raise FastAdaptError(
+            f"unknown setting {where}.{sorted(values)[0]}; there are no settings here, so leave {where} empty"
+        )
     return build_dataclass(args_cls, values, where)
 
 
-def build_backbone(name: str, args: dict, *, out_features: int | None, input_shape: tuple[int, ...],
-                   channels_last: bool = False) -> nn.Module:
+def build_backbone(
+    name: str, args: dict, *, out_features: int | None, input_shape: tuple[int, ...], channels_last: bool = False
+) -> nn.Module:
     """Build a registered backbone: `model.backbone_args` parsed into its `Args` (one-line errors
     for unknown keys, wrong types and bad values), plus the input-derived arguments."""
     cls = BACKBONES.get(name)
@@ -46,6 +51,8 @@ def build_backbone(name: str, args: dict, *, out_features: int | None, input_sha
     # A backbone without `Args` (third-party): its signature is the list of settings.
     unknown = sorted(set(args) - set(params))
     if unknown:
-        raise FastAdaptError(f"backbone {name!r} has no argument(s) {unknown} (in model.backbone_args); "
-                             f"valid: {sorted(set(params) - set(derived))}")
+        raise FastAdaptError(
+            f"backbone {name!r} has no argument(s) {unknown} (in model.backbone_args); "
+            f"valid: {sorted(set(params) - set(derived))}"
+        )
     return cls(**kwargs, **args)

@@ -3,6 +3,7 @@
 Optimisation-based learners never mutate these modules; they call them through
 `torch.func.functional_call` with a dict of (adapted) parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Conv4(nn.Module):
     class Args:
         """`model.backbone_args` of conv4 (in_channels, image_size, out_features and channels_last
         are derived from the data, the learner and the device by `build_backbone`)."""
+
         hidden: int = 64  # channels of every conv block
         bn: BNMode = "transductive"  # batch statistics at test time too (MAML) or running averages (ProtoNet)
         pooled_blocks: int = 4  # how many of the 4 blocks end in a 2x2 max-pool (relation: 2)
@@ -69,25 +71,40 @@ class Conv4(nn.Module):
             _check_bn(self.bn)
             require(0 <= self.pooled_blocks <= 4, "pooled_blocks", self.pooled_blocks, "in 0..4")
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, out_features: int | None = None,
-                 bn: str = "transductive", image_size: int = 28, channels_last: bool = False,
-                 pooled_blocks: int = 4, flatten: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        out_features: int | None = None,
+        bn: str = "transductive",
+        image_size: int = 28,
+        channels_last: bool = False,
+        pooled_blocks: int = 4,
+        flatten: bool = True,
+    ):
         super().__init__()
         self.Args(hidden=hidden, bn=bn, pooled_blocks=pooled_blocks, flatten=flatten)  # the range checks
         if out_features and not flatten:
-            raise FastAdaptError("this learner puts a linear head on the backbone, which needs "
-                                 "model.backbone_args.flatten=true")
+            raise FastAdaptError(
+                "this learner puts a linear head on the backbone, which needs model.backbone_args.flatten=true"
+            )
         if image_size >> pooled_blocks < 1:
-            raise FastAdaptError(f"conv4 with {pooled_blocks} poolings needs images of at least "
-                                 f"{2 ** pooled_blocks}x{2 ** pooled_blocks} pixels, got data.image_size={image_size}; "
-                                 f"lower model.backbone_args.pooled_blocks")
+            raise FastAdaptError(
+                f"conv4 with {pooled_blocks} poolings needs images of at least "
+                f"{2**pooled_blocks}x{2**pooled_blocks} pixels, got data.image_size={image_size}; "
+                f"lower model.backbone_args.pooled_blocks"
+            )
         self.channels_last = channels_last
         self.flatten = flatten
         layers: list[nn.Module] = []
         for i in range(4):
             pool = [nn.MaxPool2d(2)] if i < pooled_blocks else []
-            layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
-                       _batch_norm(hidden, bn), *pool, nn.ReLU()]
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
+                _batch_norm(hidden, bn),
+                *pool,
+                nn.ReLU(),
+            ]
         self.features = nn.Sequential(*layers)
         self.bn = bn
         side = image_size
@@ -119,6 +136,7 @@ class MLP(nn.Module):
     @dataclass
     class Args:
         """`model.backbone_args` of mlp (in_features and out_features are derived)."""
+
         hidden: tuple[int, ...] = (40, 40)  # widths of the hidden ReLU layers, input to output
 
         def __post_init__(self):

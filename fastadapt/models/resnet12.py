@@ -15,10 +15,11 @@ Left out: DropBlock in blocks 3-4 and dropout in blocks 1-2 (MetaOptNet's regula
 add random state to the forward pass; in their ablation, Table 4, DropBlock is worth about 0.8
 points on mini-ImageNet). The network is otherwise the published one.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -81,27 +82,41 @@ class ResNet12(nn.Module):
     class Args:
         """`model.backbone_args` of resnet12 (in_channels, image_size, out_features and
         channels_last are derived from the data and the device by `build_backbone`)."""
+
         widths: list[int] = field(default_factory=lambda: list(DEFAULT_WIDTHS))  # one per residual block
         bn: BNMode = "transductive"  # batch statistics at test time too (MAML) or running averages
 
         def __post_init__(self):
-            require(len(self.widths) == 4 and all(w >= 1 for w in self.widths), "widths", list(self.widths),
-                    "4 widths >= 1, one per residual block")
+            require(
+                len(self.widths) == 4 and all(w >= 1 for w in self.widths),
+                "widths",
+                list(self.widths),
+                "4 widths >= 1, one per residual block",
+            )
             _check_bn(self.bn)
 
-    def __init__(self, in_channels: int = 3, widths: Sequence[int] = DEFAULT_WIDTHS, out_features: int | None = None,
-                 bn: str = "transductive", image_size: int = 84, channels_last: bool = False):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        out_features: int | None = None,
+        bn: str = "transductive",
+        image_size: int = 84,
+        channels_last: bool = False,
+    ):
         super().__init__()
         widths = [int(w) for w in widths]
         self.Args(widths=widths, bn=bn)  # the range checks
         if image_size < 16:  # four 2x2 pools need at least 16 pixels to leave a 1x1 map
-            raise FastAdaptError(f"resnet12 needs images of at least 16x16 pixels (four 2x2 poolings), "
-                                 f"got data.image_size={image_size}")
+            raise FastAdaptError(
+                f"resnet12 needs images of at least 16x16 pixels (four 2x2 poolings), got data.image_size={image_size}"
+            )
         self.bn = bn
         self.channels_last = channels_last
         self.widths = tuple(widths)
-        self.blocks = nn.Sequential(*(ResidualBlock(c_in, w, bn, channels_last)
-                                      for c_in, w in zip([in_channels, *widths[:-1]], widths)))
+        self.blocks = nn.Sequential(
+            *(ResidualBlock(c_in, w, bn, channels_last) for c_in, w in zip([in_channels, *widths[:-1]], widths))
+        )
         self.embedding_dim = widths[-1]
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features else None
         for m in self.modules():

@@ -14,6 +14,7 @@ a target x*. The whole map context -> predictor is trained by maximum likelihood
   into per-class representations r_c, and the decoder scores every (r_c, query embedding) pair:
   its output is the query's logit for class c.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,12 @@ class CNP(Learner):
         decoder: tuple[int, ...] = (128, 128)  # hidden widths of the (r, x*) -> prediction MLP
 
         def __post_init__(self):
-            require(len(self.encoder) >= 1 and min(self.encoder) >= 1, "encoder", list(self.encoder),
-                    "a non-empty list of widths >= 1")
+            require(
+                len(self.encoder) >= 1 and min(self.encoder) >= 1,
+                "encoder",
+                list(self.encoder),
+                "a non-empty list of widths >= 1",
+            )
             require(all(w >= 1 for w in self.decoder), "decoder", list(self.decoder), "a list of widths >= 1")
 
     def __init__(self, backbone: nn.Module, *, ways: int | None = None, **kwargs):
@@ -76,12 +81,13 @@ class CNP(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in backbone.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "CNP":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> CNP:
         return cls(backbone, ways=ways, **kwargs)
 
     # -- regression --------------------------------------------------------------------------
-    def predictive(self, context_x: torch.Tensor, context_y: torch.Tensor,
-                   target_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predictive(
+        self, context_x: torch.Tensor, context_y: torch.Tensor, target_x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std (both (T, 1)) of the Gaussian prediction at target_x given the context."""
         r = self.encoder(torch.cat([self.backbone(context_x), context_y], -1)).mean(0)
         features = self.backbone(target_x)
@@ -90,8 +96,10 @@ class CNP(Learner):
     # -- classification ----------------------------------------------------------------------
     def logits(self, episode: Episode) -> torch.Tensor:
         if episode.ways != self.ways:
-            raise FastAdaptError(f"this CNP encodes {self.ways}-way one-hot labels but the episode is "
-                                 f"{episode.ways}-way; evaluate with --ways {self.ways}")
+            raise FastAdaptError(
+                f"this CNP encodes {self.ways}-way one-hot labels but the episode is "
+                f"{episode.ways}-way; evaluate with --ways {self.ways}"
+            )
         n_support = len(episode.support_x)
         z = self.backbone(torch.cat([episode.support_x, episode.query_x]))
         support, query = z[:n_support], z[n_support:]
@@ -99,8 +107,9 @@ class CNP(Learner):
         encoded = self.encoder(torch.cat([support, labels], -1))
         # Per-class mean of the encodings, by label: any order, any number of shots per class.
         r = class_means(encoded, episode.support_y, self.ways)  # (ways, R)
-        pairs = torch.cat([r.unsqueeze(0).expand(len(query), -1, -1),
-                           query.unsqueeze(1).expand(-1, self.ways, -1)], -1)  # (Q, ways, R + D)
+        pairs = torch.cat(
+            [r.unsqueeze(0).expand(len(query), -1, -1), query.unsqueeze(1).expand(-1, self.ways, -1)], -1
+        )  # (Q, ways, R + D)
         return self.decoder(pairs).squeeze(-1)
 
     # -- Learner API -------------------------------------------------------------------------
@@ -122,5 +131,4 @@ class CNP(Learner):
             return self.predictive(episode.support_x, episode.support_y, episode.query_x)[0]
 
     def describe(self) -> dict:
-        return {"bn_mode": getattr(self.backbone, "bn", "none"), "problem": self.problem,
-                "sigma": "0.1 + 0.9 softplus"}
+        return {"bn_mode": getattr(self.backbone, "bn", "none"), "problem": self.problem, "sigma": "0.1 + 0.9 softplus"}

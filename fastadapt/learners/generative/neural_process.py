@@ -15,6 +15,7 @@ The noise of that sample is drawn from a generator seeded by the training step a
 data, so the loss is a pure function of (parameters, episode, step): a resumed run or another
 engine sees the same noise. `predict` uses the mean of q(z | C): no noise, no query labels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,11 +30,12 @@ from ..base import Learner, parse_args, require
 from .cnp import gaussian_head, gaussian_log_likelihood, mlp
 
 
-def kl_diagonal_gaussians(mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor,
-                          sigma_p: torch.Tensor) -> torch.Tensor:
+def kl_diagonal_gaussians(
+    mu_q: torch.Tensor, sigma_q: torch.Tensor, mu_p: torch.Tensor, sigma_p: torch.Tensor
+) -> torch.Tensor:
     """KL(N(mu_q, diag sigma_q^2) || N(mu_p, diag sigma_p^2)), summed over the last dimension:
     sum_d log(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2."""
-    return (torch.log(sigma_p / sigma_q) + (sigma_q ** 2 + (mu_q - mu_p) ** 2) / (2 * sigma_p ** 2) - 0.5).sum(-1)
+    return (torch.log(sigma_p / sigma_q) + (sigma_q**2 + (mu_q - mu_p) ** 2) / (2 * sigma_p**2) - 0.5).sum(-1)
 
 
 @LEARNERS.register("np")
@@ -70,7 +72,7 @@ class NeuralProcess(Learner):
         self.step = 0
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "NeuralProcess":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> NeuralProcess:
         return cls(backbone, **kwargs)
 
     def on_step(self, step: int, total_steps: int) -> None:
@@ -81,19 +83,27 @@ class NeuralProcess(Learner):
         s = self.latent_hidden(self.latent_encoder(torch.cat([self.backbone(x), y], -1)).mean(0))
         return self.latent_mu(s), 0.1 + 0.9 * torch.sigmoid(self.latent_sigma(s))
 
-    def decode(self, context_x: torch.Tensor, context_y: torch.Tensor, z: torch.Tensor,
-               target_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, context_x: torch.Tensor, context_y: torch.Tensor, z: torch.Tensor, target_x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std at target_x for latent sample(s) z ((L,) or (S, L) -> (T, 1) or (S, T, 1))."""
         r = self.encoder(torch.cat([self.backbone(context_x), context_y], -1)).mean(0)
         features = self.backbone(target_x)
         batch = z.shape[:-1]
         t = len(features)
-        inputs = torch.cat([r.expand(*batch, t, -1), z.unsqueeze(-2).expand(*batch, t, -1),
-                            features.expand(*batch, t, -1)], -1)
+        inputs = torch.cat(
+            [r.expand(*batch, t, -1), z.unsqueeze(-2).expand(*batch, t, -1), features.expand(*batch, t, -1)], -1
+        )
         return gaussian_head(self.decoder(inputs))
 
-    def predictive(self, context_x: torch.Tensor, context_y: torch.Tensor, target_x: torch.Tensor,
-                   samples: int = 0, generator: torch.Generator | None = None):
+    def predictive(
+        self,
+        context_x: torch.Tensor,
+        context_y: torch.Tensor,
+        target_x: torch.Tensor,
+        samples: int = 0,
+        generator: torch.Generator | None = None,
+    ):
         """samples=0: the prediction at the mean of q(z | C), (T, 1) each; samples=S: S function
         draws z ~ q(z | C), mean and std of shape (S, T, 1)."""
         mu, sigma = self.latent(context_x, context_y)
@@ -129,5 +139,8 @@ class NeuralProcess(Learner):
             return self.predictive(episode.support_x, episode.support_y, episode.query_x)[0]
 
     def describe(self) -> dict:
-        return {"bn_mode": "none", "predict": "decoder mean at the mean of q(z | context)",
-                "sigma": "0.1 + 0.9 softplus (output), 0.1 + 0.9 sigmoid (latent)"}
+        return {
+            "bn_mode": "none",
+            "predict": "decoder mean at the mean of q(z | context)",
+            "sigma": "0.1 + 0.9 softplus (output), 0.1 + 0.9 sigmoid (latent)",
+        }

@@ -16,6 +16,7 @@ carries its own label, so any number of shots per class works.
 Omniglot settings of the authors' code: 2 hidden layers adding 48 features each, edge MLP
 widths (2, 1.5, 1, 1) x the node width, leaky ReLU, BatchNorm (no dropout here).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,13 +79,21 @@ class GraphNetwork(nn.Module):
     """`layers` dense [learn edges -> graph conv -> leaky ReLU -> concat] blocks, then a last
     [learn edges -> graph conv] to `ways` outputs per node."""
 
-    def __init__(self, in_features: int, ways: int, layers: int = 2, node_features: int = 48,
-                 edge_ratios: tuple[float, ...] = (2, 1.5, 1, 1), bn: str = "inductive"):
+    def __init__(
+        self,
+        in_features: int,
+        ways: int,
+        layers: int = 2,
+        node_features: int = 48,
+        edge_ratios: tuple[float, ...] = (2, 1.5, 1, 1),
+        bn: str = "inductive",
+    ):
         super().__init__()
         widths = [in_features + i * node_features for i in range(layers + 1)]
         self.edges = nn.ModuleList(EdgeFunction(w, tuple(edge_ratios), bn) for w in widths)
-        self.convs = nn.ModuleList([GraphConv(w, node_features, bn) for w in widths[:-1]]
-                                   + [GraphConv(widths[-1], ways, None)])
+        self.convs = nn.ModuleList(
+            [GraphConv(w, node_features, bn) for w in widths[:-1]] + [GraphConv(widths[-1], ways, None)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(G, V, F) node features -> (G, V, ways) node outputs."""
@@ -104,8 +113,7 @@ class GNNLearner(Learner):
         def __post_init__(self):
             require(self.layers >= 0, "layers", self.layers, ">= 0")
             require(self.node_features >= 1, "node_features", self.node_features, ">= 1")
-            require(all(r > 0 for r in self.edge_ratios), "edge_ratios", list(self.edge_ratios),
-                    "a list of ratios > 0")
+            require(all(r > 0 for r in self.edge_ratios), "edge_ratios", list(self.edge_ratios), "a list of ratios > 0")
 
     def __init__(self, backbone: nn.Module, ways: int, **graph_args):
         super().__init__()
@@ -119,17 +127,20 @@ class GNNLearner(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in self.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "GNNLearner":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> GNNLearner:
         args = parse_args(cls.Args, kwargs)
         if not ways:
             raise FastAdaptError("gnn is a classification learner; use an N-way dataset (e.g. omniglot)")
-        return cls(backbone, ways, layers=args.layers, node_features=args.node_features,
-                   edge_ratios=tuple(args.edge_ratios))
+        return cls(
+            backbone, ways, layers=args.layers, node_features=args.node_features, edge_ratios=tuple(args.edge_ratios)
+        )
 
     def logits(self, episode: Episode) -> torch.Tensor:
         if episode.ways != self.ways:
-            raise FastAdaptError(f"gnn was built for {self.ways}-way episodes (its readout has {self.ways} outputs) "
-                                 f"but got {episode.ways}-way; evaluate with --ways {self.ways}")
+            raise FastAdaptError(
+                f"gnn was built for {self.ways}-way episodes (its readout has {self.ways} outputs) "
+                f"but got {episode.ways}-way; evaluate with --ways {self.ways}"
+            )
         n_support, n_query = episode.support_x.shape[0], episode.query_x.shape[0]
         z = self.backbone(torch.cat([episode.support_x, episode.query_x])).flatten(1)
         support = torch.cat([z[:n_support], F.one_hot(episode.support_y, self.ways).to(z.dtype)], -1)
@@ -145,5 +156,8 @@ class GNNLearner(Learner):
             return self.logits(episode)
 
     def describe(self) -> dict:
-        return {"bn_mode": getattr(self.backbone, "bn", "none"), "graph": "one query per graph",
-                "layers": len(self.graph.convs) - 1}
+        return {
+            "bn_mode": getattr(self.backbone, "bn", "none"),
+            "graph": "one query per graph",
+            "layers": len(self.graph.convs) - 1,
+        }

@@ -13,6 +13,7 @@ attention LSTM that reads the support set K times for each query (paper, appendi
 The LSTM reads the support as a sequence, so it is first ordered stably by label (a no-op on the
 samplers' class-major episodes): a user's shuffled support then gives the class-major result.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -110,7 +111,7 @@ class MatchingNetworks(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in backbone.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "MatchingNetworks":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> MatchingNetworks:
         if not ways:
             raise FastAdaptError("matching is a classification learner; use an N-way dataset (e.g. omniglot)")
         return cls(backbone, **kwargs)
@@ -138,5 +139,9 @@ class MatchingNetworks(Learner):
             return self.log_probs(episode)
 
     def describe(self) -> dict:
-        return {"bn_mode": getattr(self.backbone, "bn", "none"), "fce": self.fce, "scale": self.scale,
-                "fce_steps": self.query_context.steps if self.fce else None}
+        return {
+            "bn_mode": getattr(self.backbone, "bn", "none"),
+            "fce": self.fce,
+            "scale": self.scale,
+            "fce_steps": self.query_context.steps if self.fce else None,
+        }

@@ -1,5 +1,6 @@
 """Prototypical Networks (Snell et al., 2017): classify queries by squared Euclidean distance
 to the mean embedding (prototype) of each class's support examples."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ class ProtoNet(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in backbone.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "ProtoNet":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> ProtoNet:
         parse_args(cls.Args, kwargs)
         return cls(backbone)
 

@@ -11,6 +11,7 @@ examples, and balanced episodes keep the paper's plain sums bitwise (the factor 
 Relation module: two [conv3x3 -> BN -> maxpool2 -> ReLU] blocks on the channel-concatenated
 pair (class, query), then FC -> ReLU -> FC -> sigmoid (8 hidden units).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,18 +30,30 @@ from ..base import Learner, parse_args, require
 class RelationModule(nn.Module):
     """g(concat(f(x_c), f(x_q))) in [0, 1] for a batch of pairs of (C, H, W) feature maps."""
 
-    def __init__(self, feature_shape: tuple[int, int, int], hidden: int = 64, fc_hidden: int = 8,
-                 bn: str = "inductive", channels_last: bool = False):
+    def __init__(
+        self,
+        feature_shape: tuple[int, int, int],
+        hidden: int = 64,
+        fc_hidden: int = 8,
+        bn: str = "inductive",
+        channels_last: bool = False,
+    ):
         super().__init__()
         channels, side, _ = feature_shape
         blocks: list[nn.Module] = []
         for i in range(2):
-            blocks += [nn.Conv2d(2 * channels if i == 0 else hidden, hidden, 3, padding=1),
-                       _batch_norm(hidden, bn), nn.MaxPool2d(2), nn.ReLU()]
+            blocks += [
+                nn.Conv2d(2 * channels if i == 0 else hidden, hidden, 3, padding=1),
+                _batch_norm(hidden, bn),
+                nn.MaxPool2d(2),
+                nn.ReLU(),
+            ]
             side //= 2
         if side < 1:
-            raise FastAdaptError(f"relation: feature maps {feature_shape} are too small for two 2x2 poolings; "
-                                 f"use model.backbone_args.pooled_blocks: 2 on 28x28 images")
+            raise FastAdaptError(
+                f"relation: feature maps {feature_shape} are too small for two 2x2 poolings; "
+                f"use model.backbone_args.pooled_blocks: 2 on 28x28 images"
+            )
         self.blocks = nn.Sequential(*blocks)
         self.fc1 = nn.Linear(hidden * side * side, fc_hidden)
         self.fc2 = nn.Linear(fc_hidden, 1)
@@ -82,15 +95,22 @@ class RelationNetwork(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in self.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "RelationNetwork":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> RelationNetwork:
         args = parse_args(cls.Args, kwargs)
         if not ways:
             raise FastAdaptError("relation is a classification learner; use an N-way dataset (e.g. omniglot)")
         if getattr(backbone, "flatten", True) or not hasattr(backbone, "feature_shape"):
-            raise FastAdaptError("relation needs feature maps from its backbone; set model.backbone: conv4 with "
-                                 "model.backbone_args: {pooled_blocks: 2, flatten: false}")
-        relation = RelationModule(backbone.feature_shape, args.hidden, args.fc_hidden,
-                                  getattr(backbone, "bn", "inductive"), getattr(backbone, "channels_last", False))
+            raise FastAdaptError(
+                "relation needs feature maps from its backbone; set model.backbone: conv4 with "
+                "model.backbone_args: {pooled_blocks: 2, flatten: false}"
+            )
+        relation = RelationModule(
+            backbone.feature_shape,
+            args.hidden,
+            args.fc_hidden,
+            getattr(backbone, "bn", "inductive"),
+            getattr(backbone, "channels_last", False),
+        )
         return cls(backbone, relation)
 
     def scores(self, episode: Episode) -> torch.Tensor:
@@ -117,5 +137,8 @@ class RelationNetwork(Learner):
             return self.scores(episode)
 
     def describe(self) -> dict:
-        return {"bn_mode": getattr(self.backbone, "bn", "none"), "loss": "mse",
-                "feature_shape": list(getattr(self.backbone, "feature_shape", ()))}
+        return {
+            "bn_mode": getattr(self.backbone, "bn", "none"),
+            "loss": "mse",
+            "feature_shape": list(getattr(self.backbone, "feature_shape", ())),
+        }

@@ -11,6 +11,7 @@ Prediction scores every query against every support example; a class's logit is 
 match (the max over its shots, found by label), so it runs unchanged on the Lake 20-way 1-shot
 runs and on unbalanced, shuffled support sets. Only training needs balanced episodes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,8 +56,10 @@ def balanced_pairs(labels: torch.Tensor, ways: int) -> tuple[torch.Tensor, torch
     members = [(labels == c).nonzero().squeeze(-1) for c in range(ways)]
     m = len(members[0])
     if ways < 2 or m < 2 or any(len(x) != m for x in members):
-        raise FastAdaptError("siamese needs >= 2 classes with the same number (>= 2) of examples each; "
-                             "set train.episodes.ways >= 2 and shots + queries >= 2")
+        raise FastAdaptError(
+            "siamese needs >= 2 classes with the same number (>= 2) of examples each; "
+            "set train.episodes.ways >= 2 and shots + queries >= 2"
+        )
     by_class = torch.stack(members)  # (N, m) example indices
     a, b = torch.triu_indices(m, m, offset=1, device=labels.device)  # (P,) positions within a class
     t = torch.arange(len(a), device=labels.device)
@@ -95,7 +98,7 @@ class SiameseNetwork(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in backbone.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "SiameseNetwork":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> SiameseNetwork:
         if not ways:
             raise FastAdaptError("siamese is a classification learner; use an N-way dataset (e.g. omniglot)")
         return cls(backbone, **kwargs)
@@ -106,8 +109,9 @@ class SiameseNetwork(Learner):
             return koch_logits(z1, z2, self.distance_weights)
         return -euclidean_distance(z1, z2)
 
-    def class_logits(self, support: torch.Tensor, support_y: torch.Tensor, queries: torch.Tensor,
-                     ways: int) -> torch.Tensor:
+    def class_logits(
+        self, support: torch.Tensor, support_y: torch.Tensor, queries: torch.Tensor, ways: int
+    ) -> torch.Tensor:
         """Best match per class: max over the class's support examples of the similarity, (Q, N)."""
         scores = self.similarity(queries.unsqueeze(1), support.unsqueeze(0))  # (Q, S)
         member = F.one_hot(support_y, ways).bool()  # (S, N)
@@ -136,5 +140,8 @@ class SiameseNetwork(Learner):
             return self.class_logits(z[:n_support], episode.support_y, z[n_support:], episode.ways)
 
     def describe(self) -> dict:
-        return {"bn_mode": getattr(self.backbone, "bn", "none"), "loss": self.loss,
-                "margin": self.margin if self.loss == "contrastive" else None}
+        return {
+            "bn_mode": getattr(self.backbone, "bn", "none"),
+            "loss": self.loss,
+            "margin": self.margin if self.loss == "contrastive" else None,
+        }

@@ -9,6 +9,7 @@ Every MAML option that concerns the adapted network (multi-step loss, LSLR, deri
 annealing, checkpointing, first order) applies to the head; per-step BN does not (the head has
 no BatchNorm).
 """
+
 from __future__ import annotations
 
 import torch

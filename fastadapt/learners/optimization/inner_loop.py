@@ -5,9 +5,10 @@ One gradient-descent step is written once and differentiated two ways: with `tor
 path, where the tasks of a meta-batch run as one batched computation). Either way the outer
 `.backward()` differentiates through the inner gradients unless they are detached (first order).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,14 @@ def func_grads(loss_of: LossOf, params: Params, second_order: bool) -> Params:
     return grads if second_order else {n: g.detach() for n, g in grads.items()}
 
 
-def sgd_step(loss_of: LossOf, params: Params, lrs: dict[str, torch.Tensor | float], second_order: bool,
-             use_func: bool = False, checkpointed: bool = False) -> Params:
+def sgd_step(
+    loss_of: LossOf,
+    params: Params,
+    lrs: dict[str, torch.Tensor | float],
+    second_order: bool,
+    use_func: bool = False,
+    checkpointed: bool = False,
+) -> Params:
     """params - lr * grad. `checkpointed` (autograd path, second order) keeps only the step's
     inputs and recomputes the step, inner gradient included, during the outer backward: the
     memory of a k-step unroll drops from k forward+backward graphs to one at a time."""
@@ -66,8 +73,9 @@ def msl_weights(steps: int, progress: float, msl_fraction: float) -> list[float]
     return [early] * (steps - 1) + [last]
 
 
-def adam_steps(loss_of: LossOf, params: Params, batches: list, lr: float, betas: tuple[float, float],
-               eps: float = 1e-8) -> tuple[Params, torch.Tensor, torch.Tensor]:
+def adam_steps(
+    loss_of: LossOf, params: Params, batches: list, lr: float, betas: tuple[float, float], eps: float = 1e-8
+) -> tuple[Params, torch.Tensor, torch.Tensor]:
     """Adam (Kingma & Ba, bias-corrected) from a fresh state, one step per batch; no graph kept.
     `loss_of(params, batch)` returns (loss, prediction). Returns the final parameters and the
     loss/prediction of the last batch (before its step)."""
@@ -86,14 +94,13 @@ def adam_steps(loss_of: LossOf, params: Params, batches: list, lr: float, betas:
             for (n, p), g in zip(current.items(), grads):
                 m[n] = beta1 * m[n] + (1 - beta1) * g
                 v[n] = beta2 * v[n] + (1 - beta2) * g * g
-                m_hat, v_hat = m[n] / (1 - beta1 ** t), v[n] / (1 - beta2 ** t)
+                m_hat, v_hat = m[n] / (1 - beta1**t), v[n] / (1 - beta2**t)
                 updated[n] = p - lr * m_hat / (v_hat.sqrt() + eps)
         params = updated
     return params, loss.detach(), prediction.detach()
 
 
-def _composite_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-                          momentum=0.1, eps=1e-5):
+def _composite_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Batch-statistics BatchNorm from elementary ops (what F.batch_norm computes without
     running averages)."""
     if running_mean is not None or running_var is not None:

@@ -22,10 +22,11 @@ Progress-dependent options are driven by `on_step(step, total)`.
 The inner loop takes full-batch steps on the whole support set (a mean loss over it), so it
 needs no particular order or balance of the support set.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,9 +40,16 @@ from ..base import Learner, parse_args, require
 from .inner_loop import CompositeBatchNorm, Params, msl_weights, sgd_step
 
 
-def adapt(forward: Callable[[Params, torch.Tensor], torch.Tensor], params: Params, x: torch.Tensor,
-          y: torch.Tensor, loss_fn: Callable, steps: int, lr: torch.Tensor | float,
-          second_order: bool) -> Params:
+def adapt(
+    forward: Callable[[Params, torch.Tensor], torch.Tensor],
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable,
+    steps: int,
+    lr: torch.Tensor | float,
+    second_order: bool,
+) -> Params:
     """`steps` steps of gradient descent on loss_fn(forward(params, x), y); returns new params."""
     for _ in range(steps):
         loss = loss_fn(forward(params, x), y)
@@ -79,14 +87,23 @@ class MAML(Learner):
 
         def __post_init__(self):
             require(self.inner_steps >= 1, "inner_steps", self.inner_steps, ">= 1")
-            require(self.eval_inner_steps is None or self.eval_inner_steps >= 1, "eval_inner_steps",
-                    self.eval_inner_steps, ">= 1 (or null for inner_steps)")
+            require(
+                self.eval_inner_steps is None or self.eval_inner_steps >= 1,
+                "eval_inner_steps",
+                self.eval_inner_steps,
+                ">= 1 (or null for inner_steps)",
+            )
             require(self.inner_lr > 0, "inner_lr", self.inner_lr, "> 0")
             require(0.0 <= self.msl_fraction <= 1.0, "msl_fraction", self.msl_fraction, "in [0, 1]")
-            require(0.0 <= self.first_order_fraction <= 1.0, "first_order_fraction", self.first_order_fraction,
-                    "in [0, 1]")
-            require(not (self.lslr and self.learn_inner_lr), "learn_inner_lr", self.learn_inner_lr,
-                    "false when lslr is true (per-layer, per-step lrs replace the single learned lr)")
+            require(
+                0.0 <= self.first_order_fraction <= 1.0, "first_order_fraction", self.first_order_fraction, "in [0, 1]"
+            )
+            require(
+                not (self.lslr and self.learn_inner_lr),
+                "learn_inner_lr",
+                self.learn_inner_lr,
+                "false when lslr is true (per-layer, per-step lrs replace the single learned lr)",
+            )
 
     def __init__(self, model: nn.Module, *, problem: str = "classification", **kwargs):
         super().__init__()
@@ -117,15 +134,18 @@ class MAML(Learner):
             self._init_per_step_bn()
         self.lslr = nn.ParameterDict()
         if lslr:
-            self.lslr.update({_key(n): nn.Parameter(torch.full((inner_steps,), float(inner_lr)))
-                              for n in self.adapted_names()})
+            self.lslr.update(
+                {_key(n): nn.Parameter(torch.full((inner_steps,), float(inner_lr))) for n in self.adapted_names()}
+            )
 
     def _init_per_step_bn(self) -> None:
         norms = [(name, m) for name, m in self.model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not norms or any(m.track_running_stats for _, m in norms):
-            raise FastAdaptError("learner.args.per_step_bn needs BatchNorm layers in the adapted network "
-                                 "with transductive statistics; set model.backbone_args.bn=transductive "
-                                 "or per_step_bn=false")
+            raise FastAdaptError(
+                "learner.args.per_step_bn needs BatchNorm layers in the adapted network "
+                "with transductive statistics; set model.backbone_args.bn=transductive "
+                "or per_step_bn=false"
+            )
         for name, m in norms:
             for kind in ("weight", "bias"):
                 source = getattr(m, kind)
@@ -133,7 +153,7 @@ class MAML(Learner):
                 source.requires_grad_(False)  # replaced by the per-step copies
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "MAML":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> MAML:
         return cls(backbone, problem="classification" if ways else "regression", **kwargs)
 
     # -- the inner loop, written once ------------------------------------------------------
@@ -169,22 +189,35 @@ class MAML(Learner):
         """What the adapted network sees (ANIL: the body's features, computed once)."""
         return support_x, query_x
 
-    def unrolled_loss(self, support_x, support_y, query_x, query_y, steps: int, second_order: bool,
-                      use_func: bool = False, training: bool = True) -> tuple[torch.Tensor, torch.Tensor, Params]:
+    def unrolled_loss(
+        self,
+        support_x,
+        support_y,
+        query_x,
+        query_y,
+        steps: int,
+        second_order: bool,
+        use_func: bool = False,
+        training: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Meta-loss of one task (multi-step weighted when enabled; None when `query_y` is None),
         final query prediction and adapted parameters. `use_func`: inner gradients by
         torch.func.grad (for vmap)."""
         s_in, q_in = self.inputs(support_x, query_x)
-        weights = msl_weights(steps, self.progress, self.msl_fraction) if (self.multi_step_loss and training) \
+        weights = (
+            msl_weights(steps, self.progress, self.msl_fraction)
+            if (self.multi_step_loss and training)
             else [0.0] * (steps - 1) + [1.0]
+        )
         adapted = set(self.adapted_names())
         fast = {n: p for n, p in self.model.named_parameters() if n in adapted}
         loss = prediction = None
         for k in range(steps):
             lrs = {n: self.inner_lr_of(n, k) for n in fast}
             support_loss = lambda p, k=k: self.loss_fn(self.forward_at(p, s_in, k), support_y)  # noqa: E731
-            fast = sgd_step(support_loss, fast, lrs, second_order, use_func,
-                            checkpointed=self.checkpoint_inner and training)
+            fast = sgd_step(
+                support_loss, fast, lrs, second_order, use_func, checkpointed=self.checkpoint_inner and training
+            )
             if weights[k] > 0:
                 prediction = self.forward_at(fast, q_in, k)
                 if query_y is None:  # prediction only: the query labels are never looked at
@@ -195,8 +228,14 @@ class MAML(Learner):
 
     # -- Learner interface -----------------------------------------------------------------
     def task_loss(self, episode: Episode):
-        loss, prediction, _ = self.unrolled_loss(episode.support_x, episode.support_y, episode.query_x,
-                                                 episode.query_y, self.inner_steps, self.second_order_now())
+        loss, prediction, _ = self.unrolled_loss(
+            episode.support_x,
+            episode.support_y,
+            episode.query_x,
+            episode.query_y,
+            self.inner_steps,
+            self.second_order_now(),
+        )
         metrics = {"loss": loss.item()}
         if self.problem == "classification":
             metrics["accuracy"] = (prediction.argmax(-1) == episode.query_y).float().mean().item()
@@ -207,39 +246,62 @@ class MAML(Learner):
         (inner gradients by torch.func.grad), for the GPU engine. Its mean's gradient equals the
         mean of the per-task `task_loss` gradients."""
         if has_running_stats(self):
-            raise FastAdaptError("batched_task_loss needs transductive BatchNorm (no running averages); "
-                                 "set model.backbone_args.bn=transductive or use the serial engine")
+            raise FastAdaptError(
+                "batched_task_loss needs transductive BatchNorm (no running averages); "
+                "set model.backbone_args.bn=transductive or use the serial engine"
+            )
         if any(getattr(m, "channels_last", False) for m in self.modules()):
-            raise FastAdaptError("batched_task_loss cannot run NHWC (channels_last) backbones under vmap; "
-                                 "set model.channels_last=false or use the serial/fork engine")
+            raise FastAdaptError(
+                "batched_task_loss cannot run NHWC (channels_last) backbones under vmap; "
+                "set model.channels_last=false or use the serial/fork engine"
+            )
         if self.checkpoint_inner:
-            raise FastAdaptError("learner.args.checkpoint_inner is not supported by the vmapped engine; "
-                                 "set checkpoint_inner=false or use the serial engine")
+            raise FastAdaptError(
+                "learner.args.checkpoint_inner is not supported by the vmapped engine; "
+                "set checkpoint_inner=false or use the serial engine"
+            )
         second_order = self.second_order_now()
 
         def one_task(sx, sy, qx, qy):
             return self.unrolled_loss(sx, sy, qx, qy, self.inner_steps, second_order, use_func=True)[0]
+
         with CompositeBatchNorm():
             return torch.func.vmap(one_task)(support_x, support_y, query_x, query_y)
 
     def predict(self, episode: Episode) -> torch.Tensor:
         with torch.enable_grad():  # evaluation may run under no_grad; adaptation needs gradients
-            _, prediction, _ = self.unrolled_loss(episode.support_x, episode.support_y, episode.query_x,
-                                                  None, self.eval_inner_steps, False, training=False)
+            _, prediction, _ = self.unrolled_loss(
+                episode.support_x,
+                episode.support_y,
+                episode.query_x,
+                None,
+                self.eval_inner_steps,
+                False,
+                training=False,
+            )
         return prediction.detach()
 
     def fast_weights(self, episode: Episode, steps: int, second_order: bool) -> Params:
-        return self.unrolled_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y,
-                                  steps, second_order, training=False)[2]
+        return self.unrolled_loss(
+            episode.support_x, episode.support_y, episode.query_x, episode.query_y, steps, second_order, training=False
+        )[2]
 
     def describe(self) -> dict:
         bn = getattr(self.model, "bn", "none")
-        return {"bn_mode": bn, "inner_steps": self.inner_steps, "eval_inner_steps": self.eval_inner_steps,
-                "inner_lr": float(self.inner_lr.detach()), "first_order": self.first_order,
-                "learn_inner_lr": isinstance(self.inner_lr, nn.Parameter), "multi_step_loss": self.multi_step_loss,
-                "msl_fraction": self.msl_fraction, "lslr": bool(len(self.lslr)),
-                "per_step_bn": bool(len(self.bn_steps)), "first_order_fraction": self.first_order_fraction,
-                "checkpoint_inner": self.checkpoint_inner}
+        return {
+            "bn_mode": bn,
+            "inner_steps": self.inner_steps,
+            "eval_inner_steps": self.eval_inner_steps,
+            "inner_lr": float(self.inner_lr.detach()),
+            "first_order": self.first_order,
+            "learn_inner_lr": isinstance(self.inner_lr, nn.Parameter),
+            "multi_step_loss": self.multi_step_loss,
+            "msl_fraction": self.msl_fraction,
+            "lslr": bool(len(self.lslr)),
+            "per_step_bn": bool(len(self.bn_steps)),
+            "first_order_fraction": self.first_order_fraction,
+            "checkpoint_inner": self.checkpoint_inner,
+        }
 
 
 @LEARNERS.register("fomaml")

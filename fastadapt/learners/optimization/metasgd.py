@@ -4,6 +4,7 @@ The inner step is θ - α ∘ ∇L_support(θ), with α a tensor of θ's shape, 
 the same outer loss: the update's direction as well as its size is learned. Li et al. use one
 inner step. α is initialised at `inner_lr` (the paper draws it at random in a small range).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,13 @@ class MetaSGD(MAML):
 
     def __init__(self, model: nn.Module, **kwargs):
         super().__init__(model, **kwargs)
-        self.lrs = nn.ParameterDict({_key(n): nn.Parameter(torch.full_like(p, float(self.inner_lr)))
-                                     for n, p in self.model.named_parameters() if n in set(self.adapted_names())})
+        self.lrs = nn.ParameterDict(
+            {
+                _key(n): nn.Parameter(torch.full_like(p, float(self.inner_lr)))
+                for n, p in self.model.named_parameters()
+                if n in set(self.adapted_names())
+            }
+        )
 
     def inner_lr_of(self, name: str, step: int) -> torch.Tensor:
         return self.lrs[_key(name)]

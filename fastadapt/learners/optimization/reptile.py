@@ -17,6 +17,7 @@ Classification support sets are first ordered stably by label (a no-op on the sa
 class-major episodes), so a user's shuffled or unbalanced support set is mini-batched as the
 class-major one would be: only the order within each class matters (`order_invariant` False).
 """
+
 from __future__ import annotations
 
 import zlib
@@ -41,7 +42,7 @@ def minibatch_indices(n: int, batch: int, iters: int, seed: int) -> list[torch.T
     order: list[int] = []
     while len(order) < batch * iters:
         order += torch.randperm(n, generator=g).tolist()
-    return [torch.tensor(order[i * batch:(i + 1) * batch]) for i in range(iters)]
+    return [torch.tensor(order[i * batch : (i + 1) * batch]) for i in range(iters)]
 
 
 @LEARNERS.register("reptile")
@@ -63,8 +64,12 @@ class Reptile(Learner):
             for key in ("inner_iters", "inner_batch", "eval_inner_iters", "eval_inner_batch"):
                 require(getattr(self, key) >= 1, key, getattr(self, key), ">= 1")
             require(self.inner_lr > 0, "inner_lr", self.inner_lr, "> 0")
-            require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", list(self.betas),
-                    "two numbers in [0, 1)")
+            require(
+                len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                "betas",
+                list(self.betas),
+                "two numbers in [0, 1)",
+            )
 
     def __init__(self, model: nn.Module, *, problem: str = "classification", **kwargs):
         super().__init__()
@@ -81,7 +86,7 @@ class Reptile(Learner):
         self.stateless = not has_running_stats(model)
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "Reptile":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> Reptile:
         return cls(backbone, problem="classification" if ways else "regression", **kwargs)
 
     def adapt(self, x: torch.Tensor, y: torch.Tensor, iters: int, batch: int) -> Params:
@@ -129,7 +134,13 @@ class Reptile(Learner):
             return functional_call(self.model, phi, (episode.query_x,))
 
     def describe(self) -> dict:
-        return {"bn_mode": getattr(self.model, "bn", "none"), "inner_iters": self.inner_iters,
-                "inner_batch": self.inner_batch, "inner_lr": self.inner_lr, "inner_optimizer": self.inner_optimizer,
-                "betas": list(self.betas), "eval_inner_iters": self.eval_inner_steps,
-                "eval_inner_batch": self.eval_inner_batch}
+        return {
+            "bn_mode": getattr(self.model, "bn", "none"),
+            "inner_iters": self.inner_iters,
+            "inner_batch": self.inner_batch,
+            "inner_lr": self.inner_lr,
+            "inner_optimizer": self.inner_optimizer,
+            "betas": list(self.betas),
+            "eval_inner_iters": self.eval_inner_steps,
+            "eval_inner_batch": self.eval_inner_batch,
+        }

@@ -17,6 +17,7 @@ done carefully, is competitive with meta-learning on standard benchmarks.
   first ordered stably by label (a no-op on the samplers' class-major episodes), so a shuffled
   support set is mini-batched as the class-major one would be; any number of shots per class.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,17 +60,29 @@ def new_head(dim: int, classes: int, cosine: bool, generator: torch.Generator) -
     return head
 
 
-def fine_tune(backbone: nn.Module, support_x: torch.Tensor, support_y: torch.Tensor, ways: int, *,
-              cosine: bool, finetune_backbone: bool, epochs: int, batch_size: int, lr: float,
-              seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def fine_tune(
+    backbone: nn.Module,
+    support_x: torch.Tensor,
+    support_y: torch.Tensor,
+    ways: int,
+    *,
+    cosine: bool,
+    finetune_backbone: bool,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Train a new head (and, optionally, a copy of the backbone weights) on the support set.
     Returns (head, backbone parameters to use); neither the module nor its weights change."""
     generator = torch.Generator().manual_seed(seed)
     device = support_x.device
     with torch.no_grad():
         frozen = backbone(support_x)
-    head = {k: v.to(device, frozen.dtype).requires_grad_() for k, v in
-            new_head(frozen.shape[-1], ways, cosine, generator).items()}
+    head = {
+        k: v.to(device, frozen.dtype).requires_grad_()
+        for k, v in new_head(frozen.shape[-1], ways, cosine, generator).items()
+    }
     weights = {n: p.detach() for n, p in backbone.named_parameters()}
     if finetune_backbone:
         weights = {n: p.clone().requires_grad_() for n, p in weights.items()}
@@ -81,7 +94,7 @@ def fine_tune(backbone: nn.Module, support_x: torch.Tensor, support_y: torch.Ten
         for _ in range(epochs):
             order = torch.randperm(n, generator=generator).to(device)
             for start in range(0, n, batch_size):
-                batch = order[start:start + batch_size]
+                batch = order[start : start + batch_size]
                 z = functional_call(backbone, weights, (support_x[batch],)) if finetune_backbone else frozen[batch]
                 loss = F.cross_entropy(head_logits(z, head, cosine), support_y[batch])
                 optimizer.zero_grad(set_to_none=True)
@@ -93,11 +106,12 @@ def fine_tune(backbone: nn.Module, support_x: torch.Tensor, support_y: torch.Ten
 def global_labels(episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
     """Support and query images as one batch with their training-pool class ids."""
     if "classes" not in episode.info:
-        raise FastAdaptError("transfer baselines need episodes with info['classes'] (global class ids); "
-                             "use a classification dataset such as omniglot")
+        raise FastAdaptError(
+            "transfer baselines need episodes with info['classes'] (global class ids); "
+            "use a classification dataset such as omniglot"
+        )
     classes = torch.as_tensor(np.asarray(episode.info["classes"]), device=episode.support_y.device)
-    return (torch.cat([episode.support_x, episode.query_x]),
-            classes[torch.cat([episode.support_y, episode.query_y])])
+    return (torch.cat([episode.support_x, episode.query_x]), classes[torch.cat([episode.support_y, episode.query_y])])
 
 
 class TransferLearner(Learner):
@@ -130,17 +144,30 @@ class TransferLearner(Learner):
 
     def predict(self, episode: Episode) -> torch.Tensor:
         support_x, support_y = by_label(episode.support_x, episode.support_y)
-        head, weights = fine_tune(self.backbone, support_x, support_y, episode.ways,
-                                  cosine=self.cosine_finetune, finetune_backbone=self.finetune_backbone,
-                                  epochs=self.finetune_epochs, batch_size=self.finetune_batch,
-                                  lr=self.finetune_lr, seed=self.finetune_seed)
+        head, weights = fine_tune(
+            self.backbone,
+            support_x,
+            support_y,
+            episode.ways,
+            cosine=self.cosine_finetune,
+            finetune_backbone=self.finetune_backbone,
+            epochs=self.finetune_epochs,
+            batch_size=self.finetune_batch,
+            lr=self.finetune_lr,
+            seed=self.finetune_seed,
+        )
         with torch.no_grad():
             return head_logits(functional_call(self.backbone, weights, (episode.query_x,)), head, self.cosine_finetune)
 
     def describe(self) -> dict:
-        return {"bn_mode": getattr(self.backbone, "bn", "none"), "finetune_backbone": self.finetune_backbone,
-                "finetune_epochs": self.finetune_epochs, "finetune_batch": self.finetune_batch,
-                "finetune_lr": self.finetune_lr, "cosine_head": self.cosine_finetune}
+        return {
+            "bn_mode": getattr(self.backbone, "bn", "none"),
+            "finetune_backbone": self.finetune_backbone,
+            "finetune_epochs": self.finetune_epochs,
+            "finetune_batch": self.finetune_batch,
+            "finetune_lr": self.finetune_lr,
+            "cosine_head": self.cosine_finetune,
+        }
 
 
 @LEARNERS.register("baseline")
@@ -156,8 +183,10 @@ class Baseline(TransferLearner):
     @classmethod
     def build(cls, backbone: nn.Module, ways: int | None, num_train_classes: int | None = None, **kwargs):
         if not num_train_classes:
-            raise FastAdaptError(f"learner {cls.__name__.lower()!r} pretrains a classifier over the training "
-                                 "classes and needs a classification dataset with a class pool (e.g. omniglot)")
+            raise FastAdaptError(
+                f"learner {cls.__name__.lower()!r} pretrains a classifier over the training "
+                "classes and needs a classification dataset with a class pool (e.g. omniglot)"
+            )
         return cls(backbone, num_train_classes, **kwargs)
 
     def task_loss(self, episode: Episode):

@@ -12,6 +12,7 @@ meaning across steps, so features need not be reusable for novel label assignmen
 objective never simulates learning from a support set. Against Baseline, it replaces one
 all-class softmax by many small ones, i.e. fewer negatives per example.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,12 @@ class MultiTask(TransferLearner):
         super().__init__(backbone, **kwargs)
         args = parse_args(self.Args, kwargs)
         group_size, group_seed = args.group_size, args.group_seed
-        require(group_size <= num_train_classes, "group_size", group_size,
-                f"in [2, {num_train_classes}] (the number of training classes)")
+        require(
+            group_size <= num_train_classes,
+            "group_size",
+            group_size,
+            f"in [2, {num_train_classes}] (the number of training classes)",
+        )
         self.group_size = group_size
         groups = math.ceil(num_train_classes / group_size)
         order = np.random.default_rng(group_seed).permutation(num_train_classes)
@@ -65,8 +70,10 @@ class MultiTask(TransferLearner):
     @classmethod
     def build(cls, backbone: nn.Module, ways: int | None, num_train_classes: int | None = None, **kwargs):
         if not num_train_classes:
-            raise FastAdaptError("learner 'multitask' splits the training classes into tasks and needs a "
-                                 "classification dataset with a class pool (e.g. omniglot)")
+            raise FastAdaptError(
+                "learner 'multitask' splits the training classes into tasks and needs a "
+                "classification dataset with a class pool (e.g. omniglot)"
+            )
         return cls(backbone, num_train_classes, **kwargs)
 
     def group_logits(self, z: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

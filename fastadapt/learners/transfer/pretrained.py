@@ -8,6 +8,7 @@ sinusoids the joint optimum is close to the zero function (the mean over random 
 which a few steps on 5 points barely move (paper, K=5: MSE 2.41 / 2.23 / 2.19 after 1 / 5 / 10
 steps, against 0.67 for MAML after one).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class Pretrained(Learner):
         self.stateless = not any(getattr(m, "track_running_stats", False) for m in model.modules())
 
     @classmethod
-    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> "Pretrained":
+    def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> Pretrained:
         return cls(backbone, problem="classification" if ways else "regression", **kwargs)
 
     def forward_with(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -70,11 +71,23 @@ class Pretrained(Learner):
         `eval_inner_steps` SGD steps on the support set, then predict the queries."""
         params = {n: p.detach().requires_grad_() for n, p in self.model.named_parameters()}
         with torch.enable_grad():
-            params = adapt(self.forward_with, params, episode.support_x, episode.support_y, self.loss_fn,
-                           self.eval_inner_steps, self.inner_lr, second_order=False)
+            params = adapt(
+                self.forward_with,
+                params,
+                episode.support_x,
+                episode.support_y,
+                self.loss_fn,
+                self.eval_inner_steps,
+                self.inner_lr,
+                second_order=False,
+            )
         with torch.no_grad():
             return self.forward_with({n: p.detach() for n, p in params.items()}, episode.query_x)
 
     def describe(self) -> dict:
-        return {"bn_mode": getattr(self.model, "bn", "none"), "eval_inner_steps": self.eval_inner_steps,
-                "inner_lr": self.inner_lr, "test_time": "SGD on the support set, all weights"}
+        return {
+            "bn_mode": getattr(self.model, "bn", "none"),
+            "eval_inner_steps": self.eval_inner_steps,
+            "inner_lr": self.inner_lr,
+            "test_time": "SGD on the support set, all weights",
+        }
