@@ -5,6 +5,11 @@
     task.predict(["q1.png", "q2.png"])        # -> ["beta", "alpha"]
     task.predict_proba(["q1.png"])            # -> (1, 2) array, columns in task.classes order
 
+Runs trained on sentences (banking77, clinc150, textfile) take lists of strings instead:
+
+    model = fastadapt.load("runs/protonet-banking77-5w1s")
+    model.adapt(["card got stuck", "where is my card?"], ["atm", "delivery"]).predict(["my card is late"])
+
 The model adapts to the support set exactly as evaluation does (prototypes, MAML inner steps,
 fine-tuning a new head, ...). Support sets may have any number of classes (within what the
 learner can represent, see `FewShotModel.adapt`) and unequal shots per class.
@@ -55,13 +60,23 @@ class FewShotModel:
             return self.config.train.episodes.ways
         return None
 
+    @property
+    def takes_text(self) -> bool:
+        """True for runs trained on sentences: strings are then sentences, not file paths."""
+        return getattr(self.suite, "modality", "image") == "text"
+
     def inputs(self, items: Items) -> torch.Tensor:
         """Model inputs from file paths (read as the training data was: size, channels, Omniglot's
         ink inversion), or arrays already shaped and preprocessed like the training items: uint8
-        images (N, C, H, W) (scaled to [0, 1]) or float arrays as they are (no inversion)."""
+        images (N, C, H, W) (scaled to [0, 1]) or float arrays as they are (no inversion). For a
+        text run, sentences (strings), encoded as the run's training sentences were (its encoder's
+        embeddings (N, D), or token ids (N, L) padded to the run's length)."""
         if isinstance(items, (str, Path)):
-            raise FastAdaptError("give a list of inputs (e.g. [path]), not a single path")
-        if isinstance(items, (list, tuple)) and items and all(isinstance(i, (str, Path)) for i in items):
+            what = "sentences (e.g. [sentence])" if self.takes_text else "inputs (e.g. [path])"
+            raise FastAdaptError(f"give a list of {what}, not a single {'sentence' if self.takes_text else 'path'}")
+        if self.takes_text and isinstance(items, (list, tuple)) and items and all(isinstance(i, str) for i in items):
+            x = self.suite.items_from_texts(list(items), self.input_shape)
+        elif isinstance(items, (list, tuple)) and items and all(isinstance(i, (str, Path)) for i in items):
             if not hasattr(self.suite, "item_from_file"):
                 raise FastAdaptError(f"{self.config.data.dataset} runs take arrays, not files; pass a tensor")
             x = torch.from_numpy(np.stack([self.suite.item_from_file(p, self.input_shape[0]) for p in items]))

@@ -31,6 +31,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .errors import FastAdaptError
+from .runlock import require_rank_0
 from .utils import NO_SPACE, WriteError, atomic_write, atomic_write_text
 
 FORMAT = 2  # 1: weights + pickled .pt state (refused), 2: this layout
@@ -248,7 +249,9 @@ def refuse_pickles(run_dir: Path) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, module: torch.nn.Module, state: dict, fingerprint: str) -> None:
     """Write the checkpoint pair of `step`, commit it in latest.json, keep the KEEP newest.
-    A full disk raises a one-line WriteError naming the step a re-run resumes from."""
+    A full disk raises a one-line WriteError naming the step a re-run resumes from. Under
+    torch.distributed, rank 0 alone writes (every rank reads the files to resume)."""
+    require_rank_0("write a checkpoint")
     folder = Path(run_dir) / "checkpoints"
     stem = _stem(step)
     tensors = {f"model/{k}": v for k, v in tensors_of(module).items()}

@@ -14,6 +14,8 @@ import threading
 from pathlib import Path
 
 from .errors import FastAdaptError
+from .launch import Terminated, launch, raise_terminated, rank
+from .tune_cli import add_tune_parser, from_study, run_tune
 
 EXIT_USAGE = 2
 PERCENT_METRICS = ("accuracy", "success_rate", "f1")  # shown in %
@@ -39,7 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "config",
         metavar="PRESET_OR_YAML_OR_RUN_DIR",
+        nargs="?",
         help="a preset name (see `fastadapt presets`), a YAML file, or a run folder to resume",
+    )
+    train.add_argument(
+        "--from-study",
+        type=Path,
+        metavar="STUDY_DIR",
+        help="a full run (the preset's schedule) with the best trial's values of a `fastadapt tune` study "
+        "(its folder); --set items apply on top",
     )
     train.add_argument(
         "--set",
@@ -53,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-root", type=Path, help="data folder (default: $FASTADAPT_DATA, then the user cache)")
     train.add_argument("--download", action="store_true", help="fetch missing datasets from their official URLs")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="train with N processes on this machine (torch.distributed via torchrun, each running "
+        "its share of every meta-batch; see the README section 'Several processes or machines')",
+    )
 
     ev = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes (mean ± 95%% CI)")
     ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -89,13 +106,15 @@ def _parser() -> argparse.ArgumentParser:
         "--support",
         required=True,
         metavar="SUPPORT",
-        help="folder with one sub-folder of images per class, or a CSV of path,label",
+        help="folder with one sub-folder of images per class, or a CSV of path,label "
+        "(text runs: a CSV, TSV or JSONL of text,label)",
     )
     pr.add_argument(
         "--query",
         required=True,
         metavar="QUERY",
-        help="folder of images, a glob pattern (quote it), or a CSV whose first column is path",
+        help="folder of images, a glob pattern (quote it), or a CSV whose first column is path "
+        "(text runs: a CSV, TSV or JSONL with a text column, or a .txt file of one sentence per line)",
     )
     pr.add_argument("--out", type=Path, help="write the predictions CSV here (default: print it)")
     pr.add_argument("--adapt-steps", type=int, help="test-time gradient steps (MAML family, fine-tuning baselines)")
@@ -104,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     lake = sub.add_parser("lake", help="score a run on Lake et al.'s 20-run one-shot benchmark (all_runs.zip)")
     lake.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     lake.add_argument("--data-root", type=Path)
+
+    add_tune_parser(sub)
 
     sub.add_parser("presets", help="list the shipped presets")
 
@@ -119,10 +140,12 @@ def _train(args) -> int:
     from .config import apply_overrides, config_from_dict, load_raw
     from .results import read_result
     from .runlock import read_run_config
-    from .trainer import Trainer
 
-    source = Path(args.config)
-    if source.is_dir():
+    if (args.config is None) == (args.from_study is None):
+        raise FastAdaptError("give a preset, YAML file or run folder, or --from-study STUDY_DIR (one of them)")
+    if args.from_study is not None:
+        raw, run_dir = from_study(args), None
+    elif (source := Path(args.config)).is_dir():
         if not (source / "config.yaml").is_file():
             raise FastAdaptError(
                 f"{source} is a folder without config.yaml; give a preset name, a YAML file or a run folder"
@@ -141,11 +164,18 @@ def _train(args) -> int:
     if (run_dir / "eval.json").exists() and (run_dir / "checkpoints" / "latest.json").exists():
         done = latest_step(run_dir)  # None when unreadable: then train resumes and checks each file
         if done is not None and done >= config.train.steps:
-            print(f"{run_dir} is complete ({done} steps); its result:")
-            _print_result(read_result(run_dir / "eval.json", run_dir))  # damaged: one line naming it
+            if rank() == 0:  # under torchrun, every rank finds it complete; one prints it
+                print(f"{run_dir} is complete ({done} steps); its result:")
+                _print_result(read_result(run_dir / "eval.json", run_dir))  # damaged: one line naming it
             return 0
+    if args.nproc is not None:
+        return launch(args, config.train.meta_batch)
+    from .trainer import Trainer  # here: `--nproc` starts ranks without importing what they import
+
     trainer = Trainer(config, run_dir, data_root=args.data_root, quiet=args.quiet, download=args.download)
     result = trainer.fit()
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     _print_result(result)
     print(f"run folder: {run_dir}")
     return 0
@@ -320,31 +350,31 @@ def main(argv: list[str] | None = None) -> int:
         "lake": _lake,
         "presets": _presets,
         "results": _results,
+        "tune": run_tune,
     }[args.command]
     # SIGTERM (kill, a batch scheduler's time limit) stops like Ctrl-C: one line, files intact.
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main else None
     try:
         with _run_folder_lock(args):
             return handler(args)
     except FastAdaptError as exc:
-        print(f"fastadapt {args.command}: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "shown_by_rank_0", False):  # an error every torchrun rank raised: rank 0 prints it
+            where = f" (rank {rank()})" if rank() else ""
+            print(f"fastadapt {args.command}{where}: error: {exc}", file=sys.stderr)
+        if getattr(exc, "agreed", False):
+            from .distributed import settle
+
+            settle(exc)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
-        print(f"{how}; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        if rank() == 0:
+            print(f"{how}; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the main thread is, so it unwinds like Ctrl-C."""
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated
 
 
 def _run_folder_lock(args):

@@ -13,7 +13,9 @@ The choice is made by measurement, per device (see benchmarks/maml_speed.py):
   bound memory, optionally under torch.compile. On this 2-core CPU a naive vmap measured 0.4x
   `higher` (per-task convolutions become grouped ones), so `auto` picks it on CUDA only.
 Every engine returns the gradient of the mean task loss, summed in a fixed order, so a run
-is reproducible (bitwise, for a fixed engine, worker count and chunk size).
+is reproducible (bitwise, for a fixed engine, worker count and chunk size). Under torchrun, each
+rank runs its block of the meta-batch with one of these engines, wrapped in
+`fastadapt.distributed.DistributedEngine`, which combines the ranks' gradients.
 """
 
 from __future__ import annotations
@@ -51,13 +53,22 @@ class SerialEngine:
     name = "serial"
 
     def meta_gradient(
-        self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None
+        self,
+        learner: Learner,
+        tasks: Sequence[Episode],
+        progress: tuple[int, int] | None = None,
+        total: int | None = None,
     ) -> Metrics:
         """Fill `.grad` of the learner's parameters with the gradient of the mean task loss.
-        `progress` = (step, total steps) is handed to `learner.on_step` first."""
+        `progress` = (step, total steps) is handed to `learner.on_step` first. `total`: the
+        meta-batch size to divide by when `tasks` is one rank's share of it (default len(tasks))."""
         if progress is not None:
             learner.on_step(*progress)
-        return _accumulate_shard(learner, tasks, 1.0 / len(tasks))
+        return _accumulate_shard(learner, tasks, 1.0 / (total or len(tasks)))
+
+    def shard(self, meta_batch: int) -> range:
+        """The task indices of a meta-batch this process runs: all of them (see DistributedEngine)."""
+        return range(meta_batch)
 
     def close(self) -> None:
         pass
@@ -144,12 +155,18 @@ class ForkEngine:
             self.children.append((process, parent_end, buffers))
         self.learner = learner
 
+    shard = SerialEngine.shard
+
     def meta_gradient(
-        self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None
+        self,
+        learner: Learner,
+        tasks: Sequence[Episode],
+        progress: tuple[int, int] | None = None,
+        total: int | None = None,
     ) -> Metrics:
         if learner is not self.learner:
             raise ValueError("this ForkEngine was built for another learner")
-        scale = 1.0 / len(tasks)
+        scale = 1.0 / (total or len(tasks))
         shards = [list(tasks[i :: self.workers]) for i in range(self.workers)]
         for (_, conn, _), shard in zip(self.children, shards[1:]):
             conn.send((shard, scale, progress))
@@ -272,8 +289,14 @@ class VmapEngine:
             self.compiled_loss = None
             return self._chunk(self.learner.batched_task_loss, tensors, total)
 
+    shard = SerialEngine.shard
+
     def meta_gradient(
-        self, learner: Learner, tasks: Sequence[Episode], progress: tuple[int, int] | None = None
+        self,
+        learner: Learner,
+        tasks: Sequence[Episode],
+        progress: tuple[int, int] | None = None,
+        total: int | None = None,
     ) -> Metrics:
         if learner is not self.learner:
             raise ValueError("this VmapEngine was built for another learner")
@@ -281,13 +304,14 @@ class VmapEngine:
             learner.on_step(*progress)
         stacked = stack_tasks(tasks)
         size = self.chunk_size or len(tasks)
+        total = total or len(tasks)
         losses = []
         for start in range(0, len(tasks), size):
             chunk = tuple(t[start : start + size] for t in stacked)
             if self.compiled_loss is not None:
-                losses.append(self._compiled_chunk(chunk, len(tasks)))
+                losses.append(self._compiled_chunk(chunk, total))
             else:
-                losses.append(self._chunk(learner.batched_task_loss, chunk, len(tasks)))
+                losses.append(self._chunk(learner.batched_task_loss, chunk, total))
         return [{"loss": loss} for loss in torch.cat(losses).tolist()]
 
     def close(self) -> None:
@@ -316,13 +340,26 @@ def make_engine(
     workers: int = 0,
     chunk_size: int = 0,
     compile: bool = False,
+    context=None,
 ):
     """Pick the engine. `auto`: on CUDA the vmap engine for learners that can run batched (the
     serial loop for the others); on a multi-core CPU worker processes for stateless learners with
     a meta-batch of at least two tasks; the serial loop everywhere else. `chunk_size` and
-    `compile` configure the vmap engine."""
+    `compile` configure the vmap engine. `context` (fastadapt.distributed.Context), when active:
+    the chosen engine runs this rank's block of the meta-batch inside a DistributedEngine, and
+    `auto` gives a rank's fork workers only its share of the machine's cores."""
     if name not in ENGINES:
         raise FastAdaptError(f"unknown engine {name!r} (train.engine); choose one of {ENGINES}")
+    if context is not None and context.active:
+        from .distributed import DistributedEngine, block
+
+        if meta_batch >= context.world_size:  # else DistributedEngine refuses it in one line
+            share = len(block(context.rank, context.world_size, meta_batch))
+            cores = max(1, len(os.sched_getaffinity(0)) // context.local_world_size)
+            local = make_engine(name, learner, device, share, workers or min(cores, share), chunk_size, compile)
+        else:
+            local = SerialEngine()
+        return DistributedEngine(local, learner, context, meta_batch)
     workers = workers or min(len(os.sched_getaffinity(0)), meta_batch)
     if name == "auto":
         if device.type == "cuda":

@@ -26,16 +26,22 @@ def ci95(values: Sequence[float]) -> float:
 
 
 def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device, progress=None) -> dict:
-    """Mean and 95% CI of the learner's query metric over `episodes` (in eval mode)."""
+    """Mean and 95% CI of the learner's query metric over `episodes` (in eval mode); `others`: the
+    same for every other metric its `query_metrics` reports (e.g. RL returns after k steps)."""
     was_training = learner.training
     learner.eval()
     values: list[float] = []
+    others: dict[str, list[float]] = {}  # the other metrics learners report (RL: return after k steps)
     started = time.perf_counter()
     try:
         for episode in episodes:
             episode = episode.to(device)
             prediction = learner.predict(episode.without_query_labels())  # predictions never see answers
-            values.append(learner.query_metrics(prediction, episode)[learner.primary_metric])
+            metrics = learner.query_metrics(prediction, episode)
+            values.append(metrics[learner.primary_metric])
+            for key, value in metrics.items():
+                if key != learner.primary_metric:
+                    others.setdefault(key, []).append(value)
             if progress is not None:
                 progress()
     finally:
@@ -51,6 +57,7 @@ def evaluate(learner: Learner, episodes: Iterable[Episode], device: torch.device
         "episodes": len(values),
         "nonfinite": nonfinite,
         "seconds": time.perf_counter() - started,
+        "others": {k: {"mean": float(np.mean(v)), "ci95": ci95(v)} for k, v in others.items()},
     }
 
 

@@ -4,6 +4,11 @@ SUPPORT is a folder with one sub-folder of images per class (the folder name is 
 a CSV of `path,label` rows. QUERY is a folder (every image below it), a glob pattern, or a CSV
 whose first column is the path (a `label` column, if present, is used only to report accuracy).
 Relative paths in a CSV are relative to the CSV's folder.
+
+Text runs (datasets `banking77`, `clinc150`, `textfile`): SUPPORT is a CSV, TSV or JSONL file with
+`text` and `label` columns; QUERY is such a file with a `text` column (a `label` column, if
+present, only reports accuracy) or a plain text file with one sentence per line. The output's
+first column is then `text`.
 """
 
 from __future__ import annotations
@@ -130,11 +135,14 @@ def read_queries(spec: str) -> tuple[list[str], list[str] | None]:
     return matches, None
 
 
-def write_predictions(out: Path | None, paths: list[str], predicted: list, classes: list, proba: np.ndarray) -> str:
-    """CSV text: path, prediction, then one probability column per class; written atomically to `out`."""
+def write_predictions(
+    out: Path | None, paths: list[str], predicted: list, classes: list, proba: np.ndarray, key: str = "path"
+) -> str:
+    """CSV text: `key` (the query's path, or its text), prediction, then one probability column per
+    class; written atomically to `out`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "prediction"] + [f"p_{c}" for c in classes])
+    writer.writerow([key, "prediction"] + [f"p_{c}" for c in classes])
     for path, label, row in zip(paths, predicted, proba):
         writer.writerow([path, label] + [f"{p:.6f}" for p in row])
     text = buffer.getvalue()
@@ -145,24 +153,66 @@ def write_predictions(out: Path | None, paths: list[str], predicted: list, class
     return text
 
 
+def is_text_run(run_dir: Path) -> bool:
+    """True when the run was trained on sentences (its dataset reads text); False for image runs
+    and for folders that are not runs (`load` then says what is wrong)."""
+    from .registry import DATASETS
+    from .runlock import read_run_config
+
+    try:
+        name = (read_run_config(Path(run_dir)).get("data") or {}).get("dataset", "omniglot")
+        return getattr(DATASETS.get(name), "modality", "image") == "text"
+    except (FastAdaptError, AttributeError):
+        return False
+
+
+def read_text_support(spec: str | Path) -> tuple[list[str], list[str]]:
+    """(sentences, labels) of a text run's support file: CSV, TSV or JSONL with text,label columns."""
+    from .data.textfile import read_text_table
+
+    spec = Path(spec)
+    if spec.is_dir():
+        raise FastAdaptError(
+            f"support {spec} is a folder, but this run labels sentences; give a CSV, TSV or JSONL file "
+            f"with text and label columns"
+        )
+    table = read_text_table(spec, "text", "label")
+    return table.texts, table.labels
+
+
+def read_text_queries(spec: str) -> tuple[list[str], list[str] | None]:
+    """(sentences, labels or None) of a text run's query file: CSV, TSV or JSONL with a text column
+    (a label column is optional) or a .txt file with one sentence per line."""
+    from .data.textfile import read_text_table
+
+    if Path(spec).is_dir():
+        raise FastAdaptError(
+            f"query {spec} is a folder, but this run labels sentences; give a CSV, TSV or JSONL file "
+            f"with a text column, or a .txt file with one sentence per line"
+        )
+    table = read_text_table(spec, "text", "label", optional_label=True)
+    return table.texts, table.labels
+
+
 def run_predict(
     run_dir: Path, support: str, query: str, out: Path | None, adapt_steps: int | None, data_root=None
 ) -> dict:
     """The `fastadapt predict` command: returns a summary (counts, accuracy when query labels are given)."""
     from .api import load
 
-    paths, labels = read_support(support)
-    queries, truth = read_queries(query)
+    text = is_text_run(run_dir)
+    paths, labels = read_text_support(support) if text else read_support(support)
+    queries, truth = read_text_queries(query) if text else read_queries(query)
     model = load(run_dir, data_root=data_root)
     if model.problem != "classification":
         raise FastAdaptError(
-            f"{run_dir} is a {model.problem} run; `fastadapt predict` labels images with a classification run"
+            f"{run_dir} is a {model.problem} run; `fastadapt predict` labels inputs with a classification run"
         )
     task = model.adapt(paths, labels, adapt_steps=adapt_steps)
     proba = task.predict_proba(queries)
     predicted = [task.classes[i] for i in proba.argmax(1)]
-    text = write_predictions(out, queries, predicted, task.classes, proba)
-    summary = {"support": len(paths), "classes": task.classes, "queries": len(queries), "text": text}
+    written = write_predictions(out, queries, predicted, task.classes, proba, key="text" if text else "path")
+    summary = {"support": len(paths), "classes": task.classes, "queries": len(queries), "text": written}
     if truth is not None and all(truth):
         summary["accuracy"] = float(np.mean([p == t for p, t in zip(predicted, truth)]))
     return summary

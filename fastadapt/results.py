@@ -99,6 +99,8 @@ def _benchmark(r: dict) -> str:
         return f"{r['dataset']}{split} {r['ways']}-way {r['shots']}-shot"
     steps = r.get("adapt_steps")
     after = f", {steps} step{'s' if steps != 1 else ''}" if steps else ""
+    if r.get("metric") == "return":  # meta-RL: tasks are environments, shots are rollouts
+        return f"{r['dataset']} meta-RL, {r['shots']} rollouts/step{after}"
     return f"{r['dataset']} {r['shots']}-shot regression{after}"
 
 

@@ -7,12 +7,15 @@
   lives exactly as long as the process that took it, and dies with it (even on kill -9).
 - `remove_stale_temp_files`: the `.*.tmp` files of writes cut short by a kill.
 - `read_run_config`: `config.yaml` of a run folder, every way of being unreadable one line.
+- `require_rank_0`: under torch.distributed only rank 0 locks and writes a run folder (the other
+  ranks read it to resume); the lock and the checkpoint writer refuse other ranks.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,10 +52,19 @@ def _holder(fd: int) -> str:
     return f"process {pid}" if pid.isdigit() else "another process"
 
 
+def require_rank_0(what: str) -> None:
+    """A RuntimeError (a bug, not user input) when this process is a torch.distributed rank other
+    than 0: `what` is rank 0's job. Reads torch.distributed only if something imported it."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        raise RuntimeError(f"rank {dist.get_rank()} tried to {what}; only rank 0 writes the run folder")
+
+
 @contextmanager
 def run_lock(run_dir: str | Path):
     """Hold the run folder's lock (creating the folder); a folder locked by another process is
-    a one-line FastAdaptError naming its PID."""
+    a one-line FastAdaptError naming its PID. Rank 0 only, under torch.distributed."""
+    require_rank_0("lock the run folder")
     run_dir = Path(run_dir)
     key = os.path.realpath(run_dir)
     if key in _held:  # re-entered by the process holding it

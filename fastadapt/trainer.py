@@ -8,11 +8,10 @@ ends with the same weights and metrics as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +20,21 @@ import yaml
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, settings_fingerprint
 from .config import Config, config_from_dict
+from .config_checks import check_config
 from .data import build_suite
+from .distributed import agreed, check_same_start, held_by_main
+from .distributed import setup as setup_distributed
 from .divergence import check_step, require_finite_weights, save_finite_weights
 from .engine import make_engine
 from .errors import FastAdaptError
-from .evaluate import better, evaluate
+from .evaluate import better, evaluate, higher_is_better
 from .learners import build_learner
 from .progress import Progress
-from .registry import BACKBONES, DATASETS, LEARNERS
 from .report import plot_learning_curve, write_metrics_csv
 from .runlock import read_run_config, remove_stale_temp_files, run_lock
-from .utils import atomic_write_text, machine_info, resolve_device
+from .scoring import read_model_info, score_run
+from .tblog import TensorBoardLog
+from .utils import atomic_write_text, resolve_device
 
 
 def _seed_everything(seed: int) -> None:
@@ -53,6 +56,9 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_schedule
 
 
 def _optimizer(params, cfg) -> torch.optim.Optimizer:
+    # A learner with nothing to meta-train (ProtoNet or logistic regression on frozen embeddings)
+    # gets an optimiser over an empty group, so its state and schedule save and load as any other.
+    params = list(params) or [{"params": []}]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr)
     if cfg.optimizer == "sgd":
@@ -70,19 +76,25 @@ class Trainer:
         download: bool = False,
     ):
         self.config, self.run_dir, self.data_root, self.quiet = config, Path(run_dir), data_root, quiet
-        _validate(config)
+        check_config(config)
         _seed_everything(config.seed)
-        self.device = resolve_device(config.train.device)
-        self.suite = build_suite(config, data_root, download)
+        # Under torchrun: join the process group (cuda becomes cuda:LOCAL_RANK); only rank 0 prints
+        # and writes. Errors that any rank meets before training are raised on every rank (`agreed`).
+        self.dist, self.device = setup_distributed(resolve_device(config.train.device))
+        self.quiet = quiet or not self.dist.is_main
+        self.suite = agreed(self.dist, lambda: build_suite(config, data_root, download))
         channels_last = config.model.channels_last
         if channels_last is None:
             channels_last = self.device.type == "cpu"
         # A trained run records its model's input shape, so loading it (eval on other data,
         # predict) needs neither its training data nor a pass over it.
-        shape = _read_model_info(self.run_dir) or {
-            "input_shape": self.suite.input_shape,
-            "num_train_classes": self.suite.num_train_classes,
-        }
+        shape = agreed(  # the suite's shape loads the data: its errors too are raised on every rank
+            self.dist,
+            lambda: (
+                read_model_info(self.run_dir)
+                or {"input_shape": self.suite.input_shape, "num_train_classes": self.suite.num_train_classes}
+            ),
+        )
         self.model_info = {"input_shape": list(shape["input_shape"]), "num_train_classes": shape["num_train_classes"]}
         self.learner = build_learner(config, tuple(shape["input_shape"]), channels_last, shape["num_train_classes"]).to(
             self.device
@@ -131,6 +143,10 @@ class Trainer:
                 )
             atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
 
+    def _claim_run_dir(self) -> None:
+        self._prepare_run_dir()
+        atomic_write_text(self.run_dir / "model.json", json.dumps(self.model_info))
+
     @property
     def fingerprint(self) -> str:
         """What a checkpoint or best.safetensors must record to be this run's (checkpoint.py)."""
@@ -156,6 +172,8 @@ class Trainer:
         self._log(f"resumed {self.run_dir} at step {state['step']}")
 
     def _checkpoint(self) -> None:
+        if not self.dist.is_main:  # rank 0 alone writes; every rank resumes from its files
+            return
         state = dict(
             self.state,
             optimizer=self.optimizer.state_dict(),
@@ -170,41 +188,79 @@ class Trainer:
             print(message, flush=True)
 
     # -- training ---------------------------------------------------------------------------
-    def fit(self, stop_after: int | None = None) -> dict | None:
+    def fit(
+        self,
+        stop_after: int | None = None,
+        on_validation: Callable[[int, float], None] | None = None,
+        test: bool = True,
+    ) -> dict | None:
         """Train to `train.steps` (resuming if the run folder has a checkpoint), then evaluate
         the selected checkpoint on the fixed test episodes. `stop_after` ends early, right
         after the checkpoint at that step (an interruption, for tests). The run folder is
-        locked throughout: a second process on it stops with a one-line error."""
-        with run_lock(self.run_dir):
-            remove_stale_temp_files(self.run_dir)  # left by a killed run; the lock keeps live writers out
-            return self._fit(stop_after)
+        locked throughout: a second process on it stops with a one-line error.
 
-    def _fit(self, stop_after: int | None) -> dict | None:
+        `on_validation(step, score)` is called after each validation (score: the primary metric
+        on the fixed validation episodes, once the row is in metrics.csv and any new best weights
+        are saved); an exception it raises stops training there (hyper-parameter search prunes
+        a trial this way, fastadapt.tune). `test=False` ends without touching the test episodes
+        and returns None (tuning trials: the test set is used once, by the run from the best trial).
+        Under torchrun (fastadapt.distributed), rank 0 writes the run folder and returns the
+        result; the other ranks train alongside it and return None."""
+        with held_by_main(self.dist, lambda: run_lock(self.run_dir)):  # torchrun: rank 0 holds it
+            if self.dist.is_main:
+                remove_stale_temp_files(self.run_dir)  # left by a killed run; the lock keeps live writers out
+            return self._fit(stop_after, on_validation, test)
+
+    def _nothing_to_train(self, test: bool) -> dict | None:
+        """A learner without trainable parameters (a frozen encoder's ProtoNet, logistic regression
+        on the support set) skips meta-training: zero steps, its (parameter-free) state saved as the
+        selected weights, then the test episodes as for any run."""
+        self._log(f"{self.config.name}: {type(self.learner).__name__} has no trainable parameters; no meta-training")
+        if not self.dist.is_main:
+            return None
+        save_finite_weights(
+            self.run_dir / "best.safetensors", self.learner, {"step": 0, "fingerprint": self.fingerprint}
+        )
+        self.state["best_step"] = 0
+        return evaluate_run(self.run_dir, data_root=self.data_root, quiet=self.quiet, trainer=self) if test else None
+
+    def _fit(self, stop_after: int | None, on_validation=None, test: bool = True) -> dict | None:
         cfg = self.config.train
-        self.suite.check()  # data errors come before the run folder is claimed with config.yaml
-        self._prepare_run_dir()
-        atomic_write_text(self.run_dir / "model.json", json.dumps(self.model_info))
-        self._resume()
+        agreed(self.dist, self.suite.check)  # data errors come before the run folder is claimed with config.yaml
+        agreed(self.dist, self._claim_run_dir, main_only=True)
+        agreed(self.dist, self._resume)  # every rank reads the same checkpoint
+        check_same_start(self.dist, self.state["step"], self.learner)
+        if not any(p.requires_grad for p in self.learner.parameters()):
+            return self._nothing_to_train(test)
         val_set = None
-        if self.config.data.val_split:
+        if self.config.data.val_split and self.dist.is_main:  # torchrun: rank 0 validates, the others wait
             e = self.config.eval
             val_set = self.suite.fixed_set(
                 self.config.data.val_split, e.ways, e.shots, e.queries, cfg.val_episodes, e.seed + 1
             )
-        engine = make_engine(
-            cfg.engine,
-            self.learner,
-            self.device,
-            cfg.meta_batch,
-            cfg.workers,
-            chunk_size=cfg.chunk_size,
-            compile=cfg.compile,
+        metric = self.learner.primary_metric
+        tensorboard = (
+            TensorBoardLog(self.run_dir, self.state["history"], metric, higher_is_better(metric))
+            if self.dist.is_main
+            else None
+        )
+        engine = agreed(
+            self.dist,
+            lambda: make_engine(
+                cfg.engine,
+                self.learner,
+                self.device,
+                cfg.meta_batch,
+                cfg.workers,
+                chunk_size=cfg.chunk_size,
+                compile=cfg.compile,
+                context=self.dist,
+            ),
         )
         self._log(
             f"{self.config.name}: {type(self.learner).__name__} on {self.config.data.dataset}, "
             f"{cfg.steps} steps x {cfg.meta_batch} tasks, engine={engine.name}, device={self.device}"
         )
-        metric = self.learner.primary_metric
         started = time.perf_counter() - self.state["elapsed"]
         self.learner.train()
         try:
@@ -212,15 +268,26 @@ class Trainer:
                 while self.state["step"] < cfg.steps:
                     step = self.state["step"]
                     tasks = [
-                        self.suite.train_task(step * cfg.meta_batch + i).to(self.device) for i in range(cfg.meta_batch)
+                        self.suite.train_task(step * cfg.meta_batch + i).to(self.device)
+                        for i in engine.shard(cfg.meta_batch)  # torchrun: this rank's block of tasks
                     ]
-                    self.optimizer.zero_grad(set_to_none=True)
-                    task_metrics = engine.meta_gradient(self.learner, tasks, progress=(step, cfg.steps))
-                    check_step(self.learner, self.run_dir, cfg.lr, step + 1, task_metrics)  # NaN/inf: stop
-                    self.optimizer.step()
+                    # A learner with its own outer update (MAML-TRPO's constrained step) does it in
+                    # `outer_step` (given the trainer's optimiser, whose state is checkpointed); None there
+                    # means the default: the mean task loss's gradient + one optimiser step.
+                    outer_step = getattr(self.learner, "outer_step", None)
+                    task_metrics = None if outer_step is None else outer_step(tasks, (step, cfg.steps), self.optimizer)
+                    own_update = task_metrics is not None
+                    if not own_update:
+                        self.optimizer.zero_grad(set_to_none=True)
+                        task_metrics = engine.meta_gradient(self.learner, tasks, progress=(step, cfg.steps))
+                        check_step(self.learner, self.run_dir, cfg.lr, step + 1, task_metrics)  # NaN/inf: stop
+                        self.optimizer.step()
+                    else:
+                        check_step(self.learner, self.run_dir, cfg.lr, step + 1, task_metrics)  # its losses
                     check_step(self.learner, self.run_dir, cfg.lr, step + 1)  # before any weight is saved
                     lr = self.optimizer.param_groups[0]["lr"]
-                    self.scheduler.step()
+                    if not own_update:  # the schedule advances with the optimiser's steps
+                        self.scheduler.step()
                     self.state["step"] = step = step + 1
                     window = self.state["window"]
                     window["n"] += len(task_metrics)
@@ -245,12 +312,15 @@ class Trainer:
                                 self.learner,
                                 {"step": step, "fingerprint": self.fingerprint},
                             )
-                    if row is not None:
+                    if row is not None and self.dist.is_main:
                         self.state["elapsed"] = time.perf_counter() - started
                         row["elapsed_s"] = round(self.state["elapsed"], 2)
                         self.state["history"].append(row)
                         write_metrics_csv(self.run_dir / "metrics.csv", self.state["history"])
+                        tensorboard.write(row)
                         progress.update(step, row, metric)
+                        if on_validation is not None and row.get("val_metric") is not None:
+                            on_validation(step, row["val_metric"])
                     if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                         self.state["elapsed"] = time.perf_counter() - started
                         self._checkpoint()
@@ -259,6 +329,10 @@ class Trainer:
                     progress.advance(step)
         finally:
             engine.close()
+            if tensorboard is not None:
+                tensorboard.close()
+        if not self.dist.is_main:
+            return None  # rank 0 writes the selected weights, the plot and the test result
         if val_set is None:
             save_finite_weights(
                 self.run_dir / "best.safetensors",
@@ -275,94 +349,9 @@ class Trainer:
             f"{self.config.name} ({type(self.learner).__name__})",
             shape,
         )
+        if not test:
+            return None
         return evaluate_run(self.run_dir, data_root=self.data_root, quiet=self.quiet, trainer=self)
-
-
-def _validate(config: Config) -> None:
-    """Fail fast, before any data is loaded. Each setting's own range is checked when the config
-    is built (fastadapt.config: `ranged`, `matching`, Literal choices); this checks the names of
-    the registered parts and the settings that depend on each other."""
-    config_from_dict(config.to_dict())  # the ranges again, for a Config built in code
-    from .learners.base import parse_args
-    from .models import parse_settings
-
-    learner_cls = LEARNERS.get(config.learner.name)
-    if getattr(learner_cls, "Args", None) is not None:
-        parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
-    backbone_args = None
-    backbone_cls = BACKBONES.get(config.model.backbone)
-    if getattr(backbone_cls, "Args", None) is not None:
-        backbone_args = parse_settings(backbone_cls.Args, config.model.backbone_args, "model.backbone_args")
-    dataset_cls = DATASETS.get(config.data.dataset)
-    problem = getattr(dataset_cls, "problem", None)
-    splits = getattr(dataset_cls, "splits", None)
-    if isinstance(splits, (tuple, list)) and splits:
-        for key in ("train_split", "val_split", "test_split"):
-            split = getattr(config.data, key)
-            if split is not None and split not in splits:
-                raise FastAdaptError(
-                    f"data.{key} must be one of {', '.join(splits)} for {config.data.dataset}"
-                    f"{' (or null)' if key == 'val_split' else ''}; got {split!r}"
-                )
-    pooled = getattr(backbone_args, "pooled_blocks", None)
-    if problem == "classification" and isinstance(pooled, int) and config.data.image_size >> pooled < 1:
-        raise FastAdaptError(
-            f"data.image_size must be >= {2**pooled} for {config.model.backbone} with {pooled} "
-            f"poolings, got {config.data.image_size}; or lower model.backbone_args.pooled_blocks"
-        )
-    train_ways, eval_ways = config.train.episodes.ways, config.eval.ways
-    if problem == "classification":
-        for key, ways in (("train.episodes.ways", train_ways), ("eval.ways", eval_ways)):
-            if ways is None:
-                raise FastAdaptError(
-                    f"{key} must be an integer >= 2 for the classification dataset {config.data.dataset}, got null"
-                )
-        if getattr(learner_cls, "needs_head", False) and eval_ways != train_ways:
-            raise FastAdaptError(
-                f"eval.ways must equal train.episodes.ways ({train_ways}) for "
-                f"{config.learner.name}, whose head has that many outputs; got {eval_ways}"
-            )
-
-
-def _applicable_reference(config: Config, ways, shots, adapt_steps: int | None = None) -> dict:
-    """The paper's number applies only to the preset's own test setting and data. A preset may
-    give numbers for other test-time step counts under `reference.by_adapt_steps`."""
-    own_test = (ways, shots) == (config.eval.ways, config.eval.shots)
-    # the number of test episodes and their seed change the estimate's precision, not what is measured
-    changed = any(
-        o.startswith(("data.", "eval.", "model.", "learner.")) and not o.startswith(("eval.episodes=", "eval.seed="))
-        for o in config.overrides
-    )
-    if not own_test or changed:
-        return {}
-    reference = {k: v for k, v in config.reference.items() if k != "by_adapt_steps"}
-    if adapt_steps is None or adapt_steps == config.learner.args.get("eval_inner_steps"):
-        return reference
-    other = (config.reference.get("by_adapt_steps") or {}).get(adapt_steps)
-    return {"paper": reference.get("paper"), **other} if other else {}
-
-
-def _read_model_info(run_dir: Path) -> dict | None:
-    """The run's recorded model input (`model.json`: input_shape, num_train_classes), or None."""
-    path = Path(run_dir) / "model.json"
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-        shape, classes = info["input_shape"], info["num_train_classes"]
-        if not (
-            isinstance(shape, list)
-            and shape
-            and all(isinstance(v, int) and v > 0 for v in shape)
-            and (classes is None or (isinstance(classes, int) and classes > 0))
-        ):
-            raise ValueError("bad values")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FastAdaptError(
-            f"{path} is unreadable ({exc}); delete it (it is rewritten by `fastadapt train "
-            f"{run_dir}`, which needs the training data)"
-        ) from None
-    return {"input_shape": shape, "num_train_classes": classes}
 
 
 def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer:
@@ -409,113 +398,17 @@ def evaluate_run(
         trainer = load_run(run_dir, data_root=data_root, quiet=quiet)
     else:
         load_weights(run_dir / "best.safetensors", trainer.learner, trainer.fingerprint)
-    config, learner = trainer.config, trainer.learner
-    e = config.eval
-    ways = e.ways if ways is None else ways
-    shots, queries = shots or e.shots, queries or e.queries
-    episodes, seed = episodes or e.episodes, e.seed if seed is None else seed
-    if learner.needs_head and learner.problem == "classification" and ways != config.train.episodes.ways:
-        raise FastAdaptError(
-            f"{config.learner.name} was trained {config.train.episodes.ways}-way and its head has that "
-            f"many outputs; evaluate with --ways {config.train.episodes.ways}"
-        )
-    if adapt_steps is not None:
-        if not hasattr(learner, "eval_inner_steps"):
-            raise FastAdaptError(f"{config.learner.name} takes no test-time gradient steps; drop --adapt-steps")
-        if adapt_steps < 1:
-            raise FastAdaptError(f"--adapt-steps must be >= 1, got {adapt_steps}")
-        learner.eval_inner_steps = adapt_steps
-    suite, dataset, test_split, prefix = trainer.suite, config.data.dataset, config.data.test_split, ""
-    if data is not None or data_settings or split is not None:
-        suite, test_split = cross_domain_suite(trainer, data or dataset, data_settings or [], split, data_root)
-        dataset = suite.config.data.dataset
-        data_key = dataclasses.asdict(suite.config.data)
-        digest = hashlib.sha256(json.dumps(data_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        prefix = f"{dataset}-{test_split}-{digest}-"  # one file per data setting: other folders never overwrite it
-    test_set = suite.fixed_set(test_split, ways, shots, queries, episodes, seed)
-    tag = prefix + (
-        f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}"
-        if ways
-        else f"{shots}shot{queries}q-{episodes}ep-seed{seed}"
+    return score_run(
+        trainer,
+        run_dir,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        episodes=episodes,
+        seed=seed,
+        data_root=data_root,
+        adapt_steps=adapt_steps,
+        data=data,
+        data_settings=data_settings,
+        split=split,
     )
-    episodes_tag = tag
-    if adapt_steps is not None:
-        tag += f"-{adapt_steps}steps"
-    test_set.save(run_dir / "episodes" / f"test-{episodes_tag}.npz")
-    result = evaluate(learner, test_set, trainer.device)
-    record = {
-        "preset": config.name,
-        "method": config.learner.name,
-        "dataset": dataset,
-        "split": test_split,
-        "ways": ways,
-        "shots": shots,
-        "queries": queries,
-        "episodes": episodes,
-        "seed": seed,
-        "metric": result["metric"],
-        result["metric"]: result["mean"],
-        "ci95": result["ci95"],
-        "std": result["std"],
-        "diverged_episodes": result["nonfinite"],
-        "learner": learner.describe(),
-        "bn_mode": learner.describe().get("bn_mode", "none"),
-        "train_steps": trainer.state["step"],
-        "selected_step": trainer.state["best_step"],
-        "eval_seconds": round(result["seconds"], 2),
-        "train_seconds": round(trainer.state["elapsed"], 2),
-        "episodes_file": f"episodes/test-{episodes_tag}.npz",
-        "adapt_steps": getattr(learner, "eval_inner_steps", None),
-        "machine": machine_info(trainer.device),
-        "reference": {} if prefix else _applicable_reference(config, ways, shots, adapt_steps),
-        "trained_on": config.data.dataset,
-        "overrides": config.overrides,
-        "data_args": suite.config.data.args if prefix else config.data.args,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    own = (
-        (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed)
-        and adapt_steps is None
-        and not prefix
-    )
-    name = "eval.json" if own else f"eval-{tag}.json"
-    atomic_write_text(run_dir / name, json.dumps(record, indent=2))
-    return record
-
-
-def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], split: str | None, data_root):
-    """The suite of another dataset (or other data settings) for a trained run, and the split to test on.
-
-    `settings` are `data.<key>=value` items (e.g. `data.args.root=DIR`). The image size is the
-    run's; a dataset with a `channels` setting gets the run's channel count unless set. The
-    default split is `all` where the dataset has one (a user's folder), else `test`.
-    """
-    bad = [s for s in settings if not s.startswith("data.")]
-    if bad:
-        raise FastAdaptError(f"--set {bad[0]!r}: only data.* settings can change when evaluating a trained run")
-    from .config import apply_overrides
-    from .registry import DATASETS
-
-    suite_cls = DATASETS.get(dataset)
-    shape = tuple(trainer.model_info["input_shape"])
-    base = {"dataset": dataset, "image_size": trainer.config.data.image_size, "args": {}}
-    fields = getattr(suite_cls.Args, "__dataclass_fields__", {})
-    if len(shape) == 3 and "channels" in fields:
-        base["args"]["channels"] = shape[0]
-    if "invert" in fields:  # read the user's images the way `predict` does for this run
-        base["args"]["invert"] = bool(getattr(trainer.suite, "inverted_ink", False))
-    values = apply_overrides({"data": base}, settings)["data"]
-    chosen = split or ("all" if "all" in getattr(suite_cls, "splits", ()) else "test")
-    values.update(train_split=chosen, val_split=None, test_split=chosen)
-    raw = trainer.config.to_dict()
-    raw["data"] = values
-    config = config_from_dict(raw)
-    suite = suite_cls(config, data_root, False)
-    if suite.problem != trainer.suite.problem:
-        raise FastAdaptError(f"{dataset} is a {suite.problem} dataset but the run learned {trainer.suite.problem}")
-    if tuple(suite.input_shape) != shape:
-        raise FastAdaptError(
-            f"{dataset} ({chosen}) gives inputs of shape {tuple(suite.input_shape)} but the run's model "
-            f"takes {shape}; set data.image_size / data.args.channels to match"
-        )
-    return suite, chosen

@@ -120,10 +120,17 @@ job_baseline-5w1s() { train baseline-5w1s baseline-omniglot-5w1s --set train.ste
 job_baselinepp-5w1s() { train baselinepp-5w1s baselinepp-omniglot-5w1s --set train.steps=2500; both_ways baselinepp-5w1s; }
 job_multitask-5w1s() { train multitask-5w1s multitask-omniglot-5w1s --set train.steps=2500; both_ways multitask-5w1s; }
 job_gnn-5w1s()  { train gnn-5w1s gnn-omniglot-5w1s --set train.steps=1200; keep gnn-5w1s; }
-# GNN at 20 ways: every query is its own 21-node graph, 3.3 s per 100-graph training step and
-# ~3 s per 20-way 15-query test episode on one core; so 1 query per class in training and 100
-# test episodes (20 for the -lake run's own test; its Lake score uses all 400 trials).
-job_gnn-20w1s() { train gnn-20w1s gnn-omniglot-20w1s --set train.steps=300 --set train.episodes.queries=1 --set eval.episodes=100; keep gnn-20w1s; }
+# GNN at 20 ways: every query is its own 21-node graph whose edge MLPs run on all its node pairs,
+# so 1 query per class in training and in the test episodes (20 graphs each; 500 episodes). It
+# sits at chance for ~200 steps before it learns (results/notes.md), so this run trains on the
+# Vinyals train classes and validates on the val classes, for the learning curve (curve.png);
+# the -lake run's own test is 100 such episodes (its Lake score uses all 400 trials).
+job_gnn-20w1s() {
+  train gnn-20w1s gnn-omniglot-20w1s --set data.train_split=train --set data.val_split=val \
+      --set train.episodes.queries=1 --set eval.queries=1 --set eval.episodes=500 --set train.steps=2500 \
+      --set train.val_every=250 --set train.val_episodes=100 --set train.checkpoint_every=250 --set train.log_every=50
+  keep gnn-20w1s; cp runs/gnn-20w1s/curve.png results/gnn-20w1s/
+}
 job_cnp-5w1s()  { train cnp-5w1s cnp-omniglot-5w1s --set train.steps=500 --set train.val_every=250; keep cnp-5w1s; }
 job_cnp-20w1s() { train cnp-20w1s cnp-omniglot-20w1s --set train.steps=150 --set train.val_every=75; keep cnp-20w1s; }
 job_cnp-gp1d()  { train cnp-gp1d cnp-gp1d --set train.steps=6000 --set train.val_every=3000 --set train.checkpoint_every=2500
@@ -139,7 +146,11 @@ job_siamese-lake()  { train siamese-lake siamese-omniglot-lake --set train.steps
 job_baseline-lake() { train baseline-lake baseline-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baseline-lake; }
 job_baselinepp-lake() { train baselinepp-lake baselinepp-omniglot-20w1s "${lake_split[@]}" --set train.steps=2000; lake baselinepp-lake; }
 job_multitask-lake() { train multitask-lake multitask-omniglot-5w1s "${lake_split[@]}" --set train.steps=2000; lake multitask-lake; }
-job_gnn-lake()  { train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.steps=300 --set train.episodes.queries=1 --set eval.episodes=20; lake gnn-lake; }
+job_gnn-lake()  {
+  train gnn-lake gnn-omniglot-20w1s "${lake_split[@]}" --set train.episodes.queries=1 --set eval.queries=1 \
+      --set eval.episodes=100 --set train.steps=1500 --set train.checkpoint_every=250 --set train.log_every=50
+  lake gnn-lake
+}
 job_cnp-lake()  { train cnp-lake cnp-omniglot-20w1s "${lake_split[@]}" --set train.steps=150; lake cnp-lake; }
 
 # Issue 10's measurements (benchmarks/README.md): `make run`'s ProtoNets, a 100-meta-batch MAML and
@@ -154,6 +165,82 @@ job_cross-domain() {
 }
 job_predict-speed() { OMP_NUM_THREADS=2 "$PY" benchmarks/predict_speed.py --repeats 5; }
 
+# -- issue 11: few-shot text, full-way K-shot (results/text/, table + plot by text_table.py) ------
+# Frozen-embedding baselines and encoder fine-tuning at K = 1, 2, 5, 10, 20 over seeds 0-4 on both
+# datasets (with out-of-scope detection on CLINC150), then SetFit 1.2 (num_iterations=20, ~17 min
+# per support set on a quiet 2-core machine) on Banking77 10-shot and 5-shot, seed 0 only.
+# Needs $FASTADAPT_DATA with text/banking77 and text/clinc150.
+text_fewshot() { OMP_NUM_THREADS=2 "$PY" benchmarks/text_fewshot.py --threads 2 --data-root "${FASTADAPT_DATA:-data}" "$@"; }
+job_text-fullway() {
+  text_fewshot --methods frozen-ncm frozen-logreg encoder-finetune
+  text_fewshot --datasets banking77 --methods contrastive-finetune --shots 10
+  text_fewshot --datasets banking77 --methods setfit --shots 10 5 --seeds 0 --note "SetFit: seed 0 only (~17 min per support set)"
+  "$PY" benchmarks/text_table.py results/text
+}
+
+# -- issue 12: meta-reinforcement learning ---------------------------------------------------
+# MAML-TRPO on 2D navigation: 30-75 s per iteration single-threaded on this shared 2-core machine
+# (second-order TRPO over 20 tasks x 20 rollouts x 100 steps); the test reports the returns after
+# 0..3 adaptation steps (eval.json other_metrics). The recorded result: this job stopped (time
+# budget) at its step-50 checkpoint, scored by `$PY scripts/eval_last_checkpoint.py
+# runs/maml-trpo-point2d`; running the job again resumes it towards 100 of the paper's 500.
+job_maml-trpo-point2d() { train maml-trpo-point2d maml-trpo-point2d --set train.steps=100; keep maml-trpo-point2d; }
+# Baselines with the same test protocol: the random initial policy adapted by the same steps
+# (outer: none, nothing is trained), and one policy pretrained on all tasks jointly by TRPO.
+job_random-point2d() { train random-point2d maml-trpo-point2d --set learner.args.outer=none --set train.steps=1; keep random-point2d; }
+job_pretrained-point2d() {
+  train pretrained-point2d maml-trpo-point2d --set learner.name=pretrained-rl --set train.steps=100; keep pretrained-point2d
+}
+
+# -- issue 13: hyper-parameter search (Optuna) -------------------------------------------------
+# Two `fastadapt tune` processes (one thread each: run this job alone) share one study in a
+# throwaway PostgreSQL server (127.0.0.1 only): 24 trials of 2000 meta-batches over
+# scripts/tune_sinusoid_space.yaml, median pruning; the preset's default is trial 0. Then two runs
+# of 10000 meta-batches (of the preset's 70000: what fits beside the tuning on this shared 2-core
+# machine), one from the best trial (`train --from-study`) and one with the preset's default,
+# tested after 1 / 5 / 10 steps on the same 600 test tasks. The study is copied into SQLite.
+job_tune-maml-sinusoid() {
+  local study=runs/tune-maml-sinusoid best=tune-maml-sinusoid-best default=tune-maml-sinusoid-default pg url first second
+  pg=$(mktemp -d /tmp/fastadapt-pg.XXXXXX)
+  url=$("$PY" scripts/throwaway_postgres.py start "$pg")
+  local tune=("$FA" tune maml-sinusoid-5shot --space scripts/tune_sinusoid_space.yaml --trials 24 --storage "$url"
+              --out "$study" --quiet --set train.engine=vmap --set train.workers=1)
+  local started=$SECONDS
+  "${tune[@]}" & first=$!
+  sleep 5  # the first process creates the study (and queues the preset's default as trial 0)
+  "${tune[@]}" & second=$!
+  wait "$first" && wait "$second" || { "$PY" scripts/throwaway_postgres.py stop "$pg"; return 1; }
+  echo "tuning: $((SECONDS - started)) s" | tee "$study/wall_time.txt"
+  "${tune[@]}"  # the report, once every trial is done
+  "$PY" -c "import optuna, sys; optuna.copy_study(from_study_name='maml-sinusoid-5shot-tune', \
+      from_storage=sys.argv[1].replace('postgresql://', 'postgresql+psycopg://'), to_storage='sqlite:///' + sys.argv[2])" \
+      "$url" "$study/study-copy.db"
+  local short=(--set train.steps=10000 --set train.val_every=2500 --set train.checkpoint_every=2500)
+  "$FA" train --from-study "$study" "${short[@]}" --out "runs/$best" --quiet & first=$!
+  train "$default" maml-sinusoid-5shot --set train.engine=vmap "${short[@]}" & second=$!
+  wait "$first" && wait "$second" || { "$PY" scripts/throwaway_postgres.py stop "$pg"; return 1; }
+  "$PY" scripts/throwaway_postgres.py stop "$pg"; rm -rf "$pg"
+  for run in "$best" "$default"; do
+    for k in 5 10; do "$FA" eval "runs/$run" --adapt-steps $k; done
+    keep "$run"
+  done
+  mkdir -p "results/$best/study"
+  cp "$study"/{results.md,trials.csv,study.json,wall_time.txt,study-copy.db,*.png} scripts/tune_sinusoid_space.yaml "results/$best/study/"
+  "$PY" scripts/tune_summary.py "results/$best" "results/$default" --full results/maml-sinusoid-5shot
+}
+
+# -- issue 11: few-shot text, episodic protocol (class split 0) --------------------------------
+# 5-way 1-/5-shot, 5 queries, 600 fixed test episodes on the test intents, all on frozen
+# all-MiniLM-L6-v2 embeddings (computed once, cached): ProtoNets and logistic regression (nothing
+# to meta-train: 0 steps), MAML on a linear head, ANIL (MLP body + adapted head) and a
+# ProtoNet-trained MLP adapter (the presets' own short schedules). Other class splits:
+# --set data.args.class_split=K.
+TEXT_JOBS=()
+for preset in {protonet,logreg,maml-head,anil,protonet-adapter}-{banking77,clinc150}-5w{1,5}s; do
+  eval "job_$preset() { train $preset $preset; keep $preset; }"
+  TEXT_JOBS+=("$preset")
+done
+
 JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrained-sinusoid-10shot
       maml-5w1s protonet-5w1s fomaml-5w1s matching-20w1s anil-5w1s relation-5w1s metasgd-5w1s siamese-5w1s
       reptile-5w1s baseline-5w1s baselinepp-5w1s multitask-5w1s gnn-5w1s cnp-5w1s gnn-20w1s cnp-20w1s
@@ -162,12 +249,13 @@ JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrai
       anil-20w1s maml-20w1s metasgd-20w1s fomaml-20w1s reptile-20w1s
       maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot-lslr-cosine
       maml-sinusoid-5shot-cosine maml-sinusoid-5shot-learned-lr-cosine metasgd-sinusoid-5shot
-      maml-5w1s-1000 fomaml-5w1s-1000)
+      maml-5w1s-1000 fomaml-5w1s-1000 maml-trpo-point2d tune-maml-sinusoid text-fullway)
+JOBS+=("${TEXT_JOBS[@]}")
 
 case "${1:-}" in
   list) printf '%s\n' "${JOBS[@]}" ;;
   run) shift; for job in "$@"; do "job_$job"; done ;;
   keep) shift; for name in "$@"; do keep "$name"; done ;;
-  table) job_sinusoid-figure; "$FA" results results/*/ --plot results/comparison.png >/dev/null; "$PY" scripts/results_md.py ;;
+  table) job_sinusoid-figure; "$FA" results results/*/ --plot results/comparison.png >/dev/null; [ -d results/text ] && "$PY" benchmarks/text_table.py results/text; "$PY" scripts/results_md.py ;;
   *) echo "usage: $0 list | run JOB... | keep NAME... | table" >&2; exit 2 ;;
 esac

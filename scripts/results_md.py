@@ -1,5 +1,6 @@
 """Write RESULTS.md: the table that `fastadapt results` generates from results/*/, the NP/CNP
-context-size table from results/*/np_regression.json, and the figures; the notes around them
+context-size table from results/*/np_regression.json, the tuning demo's results/*/tune-summary.md
+(scripts/tune_summary.py), and the figures; the notes around them
 live in results/head.md and results/notes.md.
 
     .venv/bin/python scripts/results_md.py          # after `bash scripts/reproduce.sh table`
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 from fastadapt.results import results_table
+from fastadapt.rl.report import rl_plot, rl_records, rl_table
 from fastadapt.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +45,24 @@ def main() -> None:
             "Fixed test tasks (the run's eval seed), 100 target points each; "
             "`python scripts/np_regression.py RUN --context 1 2 5 10 20 50`.",
             np_table(np_runs),
+        ]
+    rl = rl_records(runs)  # meta-RL: return after 0..k adaptation steps, table and plot
+    if rl:
+        rl_plot(rl, results / "meta_rl.png")
+        parts += [
+            "## Meta-RL: return after each adaptation step (mean ± 95% CI over the fixed test tasks)",
+            rl_table(rl),
+            "![return against adaptation steps](results/meta_rl.png)",
+        ]
+    # generated sections of other jobs (scripts/tune_summary.py: the hyper-parameter search demo)
+    parts += [p.read_text().rstrip() for p in sorted(results.glob("*/tune-summary.md"))]
+    text_table = results / "text" / "table.md"
+    if text_table.is_file():  # written by benchmarks/text_table.py from results/text/*.json
+        parts += [
+            "## Few-shot text: full-way K-shot intent classification (all-MiniLM-L6-v2)",
+            "`bash scripts/reproduce.sh run text-fullway`; details in benchmarks/README.md.",
+            text_table.read_text().rstrip(),
+            "![accuracy against K](results/text/accuracy_vs_shots.png)",
         ]
     parts.append((results / "notes.md").read_text().rstrip())
     atomic_write_text(ROOT / "RESULTS.md", "\n\n".join(parts) + "\n")

@@ -91,7 +91,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_paper_reference_follows_the_test_time_step_count():
-    from fastadapt.trainer import _applicable_reference
+    from fastadapt.scoring import applicable_reference as _applicable_reference
 
     config = load_config("maml-sinusoid-5shot")
     assert _applicable_reference(config, None, 5) == {"paper": config.reference["paper"], "mse": 0.67}

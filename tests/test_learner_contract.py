@@ -40,6 +40,8 @@ SMALL_ARGS = {
     "baseline++": {"finetune_epochs": 2},
     "multitask": {"finetune_epochs": 2, "group_size": 3},
     "maml": {"eval_inner_steps": 2},
+    "encoder-finetune": {"train_layers": 1, "epochs": 1},
+    "contrastive-finetune": {"train_layers": 1, "epochs": 1, "pair_iterations": 1},
 }
 #: Image backbones (inductive BN: eval-mode predictions are per item) for learners that need a special one.
 IMAGE_BACKBONES = {"relation": {"hidden": 8, "bn": "inductive", "pooled_blocks": 2, "flatten": False}}
@@ -82,6 +84,26 @@ def image_episode(shots=(2, 2, 2), queries=5, seed=0, order=None) -> Episode:
         x, labels = x[order], labels[order]
     balanced = len(set(shots)) == 1
     return Episode(x, labels, query, None, ways=len(shots), shots=shots[0] if balanced else None)
+
+
+def token_episode(shots=(2, 2, 2), queries=5, seed=0, order=None) -> Episode:
+    """`image_episode` for learners that read int64 token ids (`inputs == "tokens"`): random
+    word-piece ids of random lengths, padded with 0 (the BERT pad id); no query labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((k,), c) for c, k in enumerate(shots)])
+    ids = torch.randint(1000, 5000, (len(labels) + queries, 8), generator=g)
+    ids[torch.arange(8)[None] >= torch.randint(3, 9, (len(ids),), generator=g)[:, None]] = 0
+    x, query = ids[: len(labels)], ids[len(labels) :]
+    if order is not None:
+        x, labels = x[order], labels[order]
+    balanced = len(set(shots)) == 1
+    return Episode(x, labels, query, None, ways=len(shots), shots=shots[0] if balanced else None)
+
+
+def episode_for(name: str, *args, **kwargs) -> Episode:
+    """A classification episode in the input kind learner `name` reads (images unless it says tokens)."""
+    tokens = getattr(LEARNERS.get(name), "inputs", None) == "tokens"
+    return (token_episode if tokens else image_episode)(*args, **kwargs)
 
 
 def regression_episode(shots=5, queries=7, seed=0) -> Episode:
@@ -169,7 +191,7 @@ def test_primary_metric_direction_is_declared(name):
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_predict_without_query_labels(name):
     learner = build(name)
-    prediction = learner.predict(image_episode())
+    prediction = learner.predict(episode_for(name))
     assert prediction.shape == (5, WAYS) and torch.isfinite(prediction).all()
 
 
@@ -194,8 +216,8 @@ def test_support_order_does_not_change_predictions(name, shots):
     labels = torch.cat([torch.full((k,), c) for c, k in enumerate(shots)])
     order = shuffled_order(labels, keep_class_order=not learner.order_invariant)
     assert not torch.equal(order, torch.arange(len(labels)))
-    reference = learner.predict(image_episode(shots))
-    shuffled = learner.predict(image_episode(shots, order=order))
+    reference = learner.predict(episode_for(name, shots))
+    shuffled = learner.predict(episode_for(name, shots, order=order))
     assert shuffled.shape == (5, WAYS) and torch.isfinite(shuffled).all()
     torch.testing.assert_close(shuffled, reference, rtol=1e-4, atol=1e-5)
 

@@ -41,7 +41,7 @@ def test_every_command_parses_and_names_valid_settings(line):
         assert stop.value.code == 0
         return
     args = _parser().parse_args(argv)
-    if args.command == "train" and not args.config.startswith("runs/"):
+    if args.command == "train" and args.config is not None and not args.config.startswith("runs/"):
         config = config_from_dict(apply_overrides(load_raw(args.config), args.overrides))  # real preset, valid keys
         assert config.name
 

@@ -12,10 +12,10 @@ import pkgutil
 from ..config import Config
 from ..errors import FastAdaptError
 from ..models import build_backbone
-from ..registry import LEARNERS
+from ..registry import DATASETS, LEARNERS
 from .base import Learner, fields_of, parse_args
 
-FAMILIES = ("optimization", "metric", "generative", "graph", "transfer")
+FAMILIES = ("optimization", "metric", "generative", "graph", "transfer", "rl")
 
 
 def _import_families() -> None:
@@ -40,6 +40,8 @@ def build_learner(
     settings = parse_args(cls.Args, config.learner.args) if cls.Args is not None else None
     ways = config.train.episodes.ways
     out_features = (ways or 1) if cls.needs_head else None
+    if cls.problem == "rl":  # the policy's output: one unit per action dimension of the task family
+        out_features = getattr(DATASETS.get(config.data.dataset), "action_dim", None) or 1
     backbone = build_backbone(
         config.model.backbone,
         config.model.backbone_args,

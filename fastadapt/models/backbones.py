@@ -131,7 +131,12 @@ class Conv4(nn.Module):
 
 @BACKBONES.register("mlp")
 class MLP(nn.Module):
-    """Fully connected ReLU network; the MAML sinusoid model is MLP(1, (40, 40), 1)."""
+    """Fully connected ReLU network; the MAML sinusoid model is MLP(1, (40, 40), 1).
+
+    With `out_features` None (metric learners, which take no head) it is an embedding network:
+    the last hidden layer is its output, linear (no ReLU), so `embedding_dim` = hidden[-1];
+    e.g. a small adapter on frozen sentence embeddings. `hidden: []` with a head is a linear model.
+    """
 
     @dataclass
     class Args:
@@ -142,16 +147,19 @@ class MLP(nn.Module):
         def __post_init__(self):
             require(all(h >= 1 for h in self.hidden), "hidden", list(self.hidden), "a list of widths >= 1")
 
-    def __init__(self, in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1):
+    def __init__(self, in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int | None = 1):
         super().__init__()
         self.Args(hidden=tuple(hidden))  # the range checks
-        dims = [in_features, *hidden]
+        if out_features is None and not hidden:
+            raise FastAdaptError("an mlp without a head needs model.backbone_args.hidden (its output widths)")
+        dims = [in_features, *hidden] if out_features is not None else [in_features, *hidden[:-1]]
+        out = out_features if out_features is not None else hidden[-1]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], out_features))
+        layers.append(nn.Linear(dims[-1], out))
         self.net = nn.Sequential(*layers)
-        self.embedding_dim = out_features
+        self.embedding_dim = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -1,14 +1,39 @@
-"""Pieces of the inner loop shared by the MAML family and Reptile, all pure functions of tensors.
+"""The inner loop, written once: gradient steps on a loss of parameters, as a pure function of
+(parameters, data), for every learner that adapts by gradient descent.
 
-One gradient-descent step is written once and differentiated two ways: with `torch.autograd`
-(the per-task path, optionally gradient-checkpointed) or with `torch.func.grad` (the vmapped
-path, where the tasks of a meta-batch run as one batched computation). Either way the outer
-`.backward()` differentiates through the inner gradients unless they are detached (first order).
+`inner_loop(loss_of, params, steps, update, ...)` runs `steps` steps θ_{k+1} = update(θ_k, ∇L_k(θ_k))
+of a pluggable update rule and returns the final parameters; `inner_loop_steps` yields the
+parameters after every step (MAML++'s multi-step loss reads them). Who uses it:
+
+- MAML / FOMAML / MAML++ / ANIL / Meta-SGD (`maml.py`): full-batch `SGD` with a learned lr per
+  parameter and step (LSLR) or per entry (Meta-SGD), second or first order, differentiated by the
+  outer loop, optionally vmapped (`use_func`) or gradient-checkpointed.
+- `maml.adapt` and the "pretrained" baseline's test-time fine-tuning: full-batch `SGD`.
+- Reptile (`reptile.py`): `Adam` or `SGD` on minibatches of the support set, with no graph.
+- Baseline / Baseline++ / multi-task (`transfer/baseline.py`): `MomentumSGD` (torch.optim.SGD's
+  rule: momentum, dampening, weight decay) on minibatches, with no graph.
+
+The gradient of each step is taken in one of three ways:
+- second order (`second_order=True`): `torch.autograd.grad(create_graph=True)`, so the outer
+  `.backward()` differentiates through the inner gradients (Hessian-vector products);
+- first order (default): the inner gradients are constants, the update itself stays
+  differentiable, so d θ_k / d θ_0 = I (FOMAML) and a learned lr still gets its gradient;
+- detached (`detached=True`): no graph at all, the result is a constant (test-time fine-tuning,
+  Reptile's φ); each step's loss runs under `enable_grad` and its update under `no_grad`.
+With `use_func=True` the gradients come from `torch.func.grad`, so the loop runs under `vmap`.
+
+Update rules are per-tensor functions `rule(name, param, grad, state, step) -> (param, state)`
+with `state` None before a tensor's first update, so a rule is a pure function of tensors and
+the loop needs no module, optimizer object or hook. A parameter the loss does not use (autograd
+gives no gradient) is left unchanged with its state, as torch.optim skips it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +42,84 @@ from torch.utils.checkpoint import checkpoint
 
 Params = dict[str, torch.Tensor]
 LossOf = Callable[[Params], torch.Tensor]
+StepLoss = Callable[[Params, int], torch.Tensor]  # (params, step index) -> scalar loss of that step
+LR = float | torch.Tensor | Callable[[str, int], "float | torch.Tensor"]
 
 
-def autograd_grads(loss_of: LossOf, params: Params, second_order: bool) -> Params:
-    """d loss / d params with torch.autograd; the graph is kept only for second order."""
+class UpdateRule(Protocol):
+    """One tensor's update: (name, θ, ∇L(θ), state or None, step index) -> (new θ, new state)."""
+
+    def __call__(
+        self, name: str, param: torch.Tensor, grad: torch.Tensor, state: Any, step: int
+    ) -> tuple[torch.Tensor, Any]: ...
+
+
+@dataclass(frozen=True)
+class SGD:
+    """θ - lr * g (plain gradient descent, MAML's inner step). `lr`: a number, a tensor (a
+    learned scalar, or one of θ's shape: Meta-SGD's per-entry lr, Li et al. 2017), or
+    `lr(name, step)` returning either (MAML++'s per-parameter, per-step lrs, Antoniou et al.
+    2019). A tensor lr that requires grad receives the meta-gradient through the update."""
+
+    lr: LR
+
+    def __call__(self, name: str, param: torch.Tensor, grad: torch.Tensor, state: Any, step: int):
+        lr = self.lr(name, step) if callable(self.lr) else self.lr
+        return param - lr * grad, None
+
+
+@dataclass(frozen=True)
+class MomentumSGD:
+    """torch.optim.SGD's update rule (single-tensor path, torch 2.x) on tensors: g += wd·θ;
+    b = g on the first step, else b = μ·b + (1 - dampening)·g; g = g + μ·b (Nesterov) or b;
+    θ -= lr·g. Same ops in the same order, so on CPU it equals torch.optim.SGD bitwise (tested);
+    state: the momentum buffer b (shape of θ)."""
+
+    lr: float
+    momentum: float = 0.0
+    dampening: float = 0.0
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+    def __call__(self, name: str, param: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None, step: int):
+        if self.weight_decay != 0:
+            grad = grad.add(param, alpha=self.weight_decay)
+        # torch.optim updates b and θ in place, which keeps their strides; an out-of-place result
+        # may get other strides (e.g. a channels_last conv weight with one input channel), and the
+        # strides of a conv weight choose the convolution kernel, whose rounding differs. So the
+        # results are computed in place into fresh tensors (b·μ, a clone of θ): nothing is mutated.
+        if self.momentum != 0:
+            buf = grad.clone() if buf is None else buf.mul(self.momentum).add_(grad, alpha=1 - self.dampening)
+            grad = grad.add(buf, alpha=self.momentum) if self.nesterov else buf
+        return param.clone().add_(grad, alpha=-self.lr), buf
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam (Kingma & Ba 2015, Algorithm 1, bias-corrected) from a fresh state:
+    m = β1·m + (1-β1)·g, v = β2·v + (1-β2)·g², θ -= lr·m̂ / (√v̂ + eps) with m̂ = m / (1-β1^t),
+    v̂ = v / (1-β2^t). Equal to torch.optim.Adam up to rounding (torch folds the bias corrections
+    into the step size and eps differently). State: (t, m, v), t the tensor's update count."""
+
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __call__(self, name: str, param: torch.Tensor, grad: torch.Tensor, state: Any, step: int):
+        beta1, beta2 = self.betas
+        t, m, v = state if state is not None else (0, torch.zeros_like(param), torch.zeros_like(param))
+        t += 1
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad * grad
+        m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)
+        return param - self.lr * m_hat / (v_hat.sqrt() + self.eps), (t, m, v)
+
+
+def autograd_grads(loss_of: LossOf, params: Params, second_order: bool) -> dict[str, torch.Tensor | None]:
+    """d loss / d params with torch.autograd; the graph is kept only for second order. None for a
+    parameter the loss does not use."""
     loss = loss_of(params)
-    grads = torch.autograd.grad(loss, tuple(params.values()), create_graph=second_order)
+    grads = torch.autograd.grad(loss, tuple(params.values()), create_graph=second_order, allow_unused=True)
     return dict(zip(params, grads))
 
 
@@ -33,30 +130,92 @@ def func_grads(loss_of: LossOf, params: Params, second_order: bool) -> Params:
     return grads if second_order else {n: g.detach() for n, g in grads.items()}
 
 
-def sgd_step(
-    loss_of: LossOf,
+def _apply(update: UpdateRule, params: Params, grads: dict, state: dict, step: int) -> tuple[Params, dict]:
+    new_params, new_state = {}, {}
+    for name, param in params.items():
+        grad = grads[name]
+        if grad is None:  # unused by the loss: unchanged, as torch.optim skips a parameter without .grad
+            new_params[name], new_state[name] = param, state[name]
+        else:
+            new_params[name], new_state[name] = update(name, param, grad, state[name], step)
+    return new_params, new_state
+
+
+def _step(loss_of: StepLoss, params: Params, state: dict, update: UpdateRule, step: int, second_order, use_func):
+    grad_of = func_grads if use_func else autograd_grads
+    grads = grad_of(lambda p: loss_of(p, step), params, second_order)
+    return _apply(update, params, grads, state, step)
+
+
+def _detached_step(loss_of: StepLoss, params: Params, state: dict, update: UpdateRule, step: int):
+    current = {n: p.detach().requires_grad_() for n, p in params.items()}
+    with torch.enable_grad():
+        grads = autograd_grads(lambda p: loss_of(p, step), current, False)
+    with torch.no_grad():
+        return _apply(update, current, grads, state, step)
+
+
+def inner_loop_steps(
+    loss_of: StepLoss,
     params: Params,
-    lrs: dict[str, torch.Tensor | float],
-    second_order: bool,
+    steps: int,
+    update: UpdateRule,
+    *,
+    second_order: bool = False,
+    detached: bool = False,
+    use_func: bool = False,
+    checkpointed: bool = False,
+) -> Iterator[Params]:
+    """Yields the parameters after each of `steps` steps θ_{k+1} = update(θ_k, ∇_θ loss_of(θ_k, k)).
+
+    loss_of(params, k): the scalar loss of step k (k = 0..steps-1; a minibatch schedule or a
+    per-step network reads k). params: name -> tensor, any shapes; not modified; unless
+    `detached`, autograd differentiates with respect to them, so they must require grad. update: an
+    `UpdateRule` (`SGD`, `MomentumSGD`, `Adam`), its state starting at None for every tensor.
+    second_order / detached / use_func: how gradients are taken (module docstring).
+    checkpointed (autograd, second order; ignored otherwise): each step keeps only its inputs
+    and is recomputed, inner gradient included, during the outer backward, so the memory of a
+    k-step unroll drops from k forward+backward graphs to one at a time.
+    Raises ValueError for `detached` with `second_order` or `use_func` (a programming error).
+    """
+    if detached and (second_order or use_func):
+        raise ValueError("inner_loop: detached adaptation keeps no graph; it excludes second_order and use_func")
+    state: dict = dict.fromkeys(params)
+    for k in range(steps):
+        if detached:
+            params, state = _detached_step(loss_of, params, state, update, k)
+        elif checkpointed and second_order and not use_func:
+            params, state = checkpoint(_step, loss_of, params, state, update, k, True, False, use_reentrant=False)
+        else:
+            params, state = _step(loss_of, params, state, update, k, second_order, use_func)
+        yield params  # outside any grad-mode context: the caller runs in its own mode between steps
+
+
+def inner_loop(
+    loss_of: StepLoss,
+    params: Params,
+    steps: int,
+    update: UpdateRule,
+    *,
+    second_order: bool = False,
+    detached: bool = False,
     use_func: bool = False,
     checkpointed: bool = False,
 ) -> Params:
-    """params - lr * grad. `checkpointed` (autograd path, second order) keeps only the step's
-    inputs and recomputes the step, inner gradient included, during the outer backward: the
-    memory of a k-step unroll drops from k forward+backward graphs to one at a time."""
-    grad_of = func_grads if use_func else autograd_grads
-    names = tuple(params)
-
-    def step(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        current = dict(zip(names, values))
-        grads = grad_of(loss_of, current, second_order)
-        return tuple(current[n] - lrs[n] * grads[n] for n in names)
-
-    if checkpointed and second_order and not use_func:
-        values = checkpoint(step, *params.values(), use_reentrant=False)
-    else:
-        values = step(*params.values())
-    return dict(zip(names, values))
+    """The parameters after `steps` steps of `inner_loop_steps` (same arguments); `params` itself
+    when steps is 0."""
+    trajectory = inner_loop_steps(
+        loss_of,
+        params,
+        steps,
+        update,
+        second_order=second_order,
+        detached=detached,
+        use_func=use_func,
+        checkpointed=checkpointed,
+    )
+    last = deque(trajectory, maxlen=1)  # only the final step's parameters are kept alive
+    return last[0] if last else params
 
 
 def msl_weights(steps: int, progress: float, msl_fraction: float) -> list[float]:
@@ -71,33 +230,6 @@ def msl_weights(steps: int, progress: float, msl_fraction: float) -> list[float]
     early = max(1.0 / steps - done / steps, floor)
     last = min(1.0 / steps + done * (steps - 1) / steps, 1.0 - (steps - 1) * floor)
     return [early] * (steps - 1) + [last]
-
-
-def adam_steps(
-    loss_of: LossOf, params: Params, batches: list, lr: float, betas: tuple[float, float], eps: float = 1e-8
-) -> tuple[Params, torch.Tensor, torch.Tensor]:
-    """Adam (Kingma & Ba, bias-corrected) from a fresh state, one step per batch; no graph kept.
-    `loss_of(params, batch)` returns (loss, prediction). Returns the final parameters and the
-    loss/prediction of the last batch (before its step)."""
-    beta1, beta2 = betas
-    params = {n: p.detach() for n, p in params.items()}
-    m = {n: torch.zeros_like(p) for n, p in params.items()}
-    v = {n: torch.zeros_like(p) for n, p in params.items()}
-    loss = prediction = None
-    for t, batch in enumerate(batches, start=1):
-        current = {n: p.requires_grad_() for n, p in params.items()}
-        with torch.enable_grad():
-            loss, prediction = loss_of(current, batch)
-            grads = torch.autograd.grad(loss, tuple(current.values()))
-        with torch.no_grad():
-            updated = {}
-            for (n, p), g in zip(current.items(), grads):
-                m[n] = beta1 * m[n] + (1 - beta1) * g
-                v[n] = beta2 * v[n] + (1 - beta2) * g * g
-                m_hat, v_hat = m[n] / (1 - beta1**t), v[n] / (1 - beta2**t)
-                updated[n] = p - lr * m_hat / (v_hat.sqrt() + eps)
-        params = updated
-    return params, loss.detach(), prediction.detach()
 
 
 def _composite_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):

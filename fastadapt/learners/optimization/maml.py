@@ -19,8 +19,9 @@ MAML++ options, each a constructor argument (so ANIL and Meta-SGD inherit them):
   so 5-10 second-order steps fit in memory (about one extra forward+backward per step).
 Progress-dependent options are driven by `on_step(step, total)`.
 
-The inner loop takes full-batch steps on the whole support set (a mean loss over it), so it
-needs no particular order or balance of the support set.
+The inner loop (`inner_loop.inner_loop_steps` with its `SGD` rule, shared with Reptile and the
+fine-tuning baselines) takes full-batch steps on the whole support set (a mean loss over it), so
+it needs no particular order or balance of the support set.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
 from ..base import Learner, parse_args, require
-from .inner_loop import CompositeBatchNorm, Params, msl_weights, sgd_step
+from .inner_loop import SGD, CompositeBatchNorm, Params, inner_loop, inner_loop_steps, msl_weights
 
 
 def adapt(
@@ -50,12 +51,10 @@ def adapt(
     lr: torch.Tensor | float,
     second_order: bool,
 ) -> Params:
-    """`steps` steps of gradient descent on loss_fn(forward(params, x), y); returns new params."""
-    for _ in range(steps):
-        loss = loss_fn(forward(params, x), y)
-        grads = torch.autograd.grad(loss, tuple(params.values()), create_graph=second_order)
-        params = {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
-    return params
+    """`steps` steps of gradient descent θ - lr·∇ on loss_fn(forward(θ, x), y); returns the new
+    params (name -> tensor, shapes of `params`). Differentiable: second order through the inner
+    gradients, otherwise with the gradients as constants. `inner_loop.inner_loop` with `SGD`."""
+    return inner_loop(lambda p, _: loss_fn(forward(p, x), y), params, steps, SGD(lr), second_order=second_order)
 
 
 def _key(name: str) -> str:
@@ -211,13 +210,17 @@ class MAML(Learner):
         )
         adapted = set(self.adapted_names())
         fast = {n: p for n, p in self.model.named_parameters() if n in adapted}
+        trajectory = inner_loop_steps(
+            lambda p, k: self.loss_fn(self.forward_at(p, s_in, k), support_y),
+            fast,
+            steps,
+            SGD(self.inner_lr_of),  # lr per parameter tensor and step (LSLR), per entry (Meta-SGD) or one
+            second_order=second_order,
+            use_func=use_func,
+            checkpointed=self.checkpoint_inner and training,
+        )
         loss = prediction = None
-        for k in range(steps):
-            lrs = {n: self.inner_lr_of(n, k) for n in fast}
-            support_loss = lambda p, k=k: self.loss_fn(self.forward_at(p, s_in, k), support_y)  # noqa: E731
-            fast = sgd_step(
-                support_loss, fast, lrs, second_order, use_func, checkpointed=self.checkpoint_inner and training
-            )
+        for k, fast in enumerate(trajectory):
             if weights[k] > 0:
                 prediction = self.forward_at(fast, q_in, k)
                 if query_y is None:  # prediction only: the query labels are never looked at

@@ -1,11 +1,12 @@
 """Reptile (Nichol, Achiam & Schulman, 2018): move the initialisation towards task solutions.
 
 Inner loop: `inner_iters` steps of Adam (fresh state per task; betas (0, 0.999) as in Nichol
-et al.'s code) on minibatches of the task's support set, giving adapted weights φ. No gradient
-flows through it. The outer update θ ← θ + ε·mean_i(φ_i − θ) is expressed through the shared
-trainer: `task_loss` returns the surrogate ½‖θ − φ.detach()‖², whose gradient is θ − φ, so plain
-SGD (momentum 0) with lr ε on the meta-batch mean is exactly Reptile (`train.optimizer: sgd`,
-`train.momentum: 0`, `train.lr_schedule: linear` anneals ε to 0 as in the paper).
+et al.'s code) on minibatches of the task's support set, giving adapted weights φ; the shared
+`inner_loop` in detached mode, so no gradient flows through it. The outer update
+θ ← θ + ε·mean_i(φ_i − θ) is expressed through the shared trainer: `task_loss` returns the
+surrogate ½‖θ − φ.detach()‖², whose gradient is θ − φ, so plain SGD (momentum 0) with lr ε on
+the meta-batch mean is exactly Reptile (`train.optimizer: sgd`, `train.momentum: 0`,
+`train.lr_schedule: linear` anneals ε to 0 as in the paper).
 
 Minibatches cycle through a shuffled support set, reshuffled after each pass (Nichol's
 `_mini_batches` without replacement). The shuffle is seeded by the episode's content, so a
@@ -32,7 +33,7 @@ from torch.func import functional_call
 from ...data.episode import Episode
 from ...registry import LEARNERS
 from ..base import Learner, by_label, parse_args, require
-from .inner_loop import Params, adam_steps
+from .inner_loop import SGD, Adam, Params, inner_loop
 from .maml import has_running_stats
 
 
@@ -97,23 +98,14 @@ class Reptile(Learner):
         indices = minibatch_indices(len(x), min(batch, len(x)), iters, seed)
         batches = [(x[i], y[i]) for i in (idx.to(x.device) for idx in indices)]
 
-        def loss_of(params, data):
-            prediction = functional_call(self.model, params, (data[0],))
-            return self.loss_fn(prediction, data[1]), prediction
-
-        params = dict(self.model.named_parameters())
-        if self.inner_optimizer == "sgd":
-            return self._sgd(loss_of, params, batches)
-        return adam_steps(loss_of, params, batches, self.inner_lr, self.betas)[0]
-
-    def _sgd(self, loss_of, params: Params, batches) -> Params:
-        params = {n: p.detach() for n, p in params.items()}
-        for batch in batches:
-            current = {n: p.requires_grad_() for n, p in params.items()}
-            with torch.enable_grad():
-                grads = torch.autograd.grad(loss_of(current, batch)[0], tuple(current.values()))
-            params = {n: (p - self.inner_lr * g).detach() for (n, p), g in zip(current.items(), grads)}
-        return params
+        rule = SGD(self.inner_lr) if self.inner_optimizer == "sgd" else Adam(self.inner_lr, self.betas)
+        return inner_loop(
+            lambda params, k: self.loss_fn(functional_call(self.model, params, (batches[k][0],)), batches[k][1]),
+            dict(self.model.named_parameters()),
+            iters,
+            rule,  # a fresh state per task
+            detached=True,
+        )
 
     def task_loss(self, episode: Episode):
         """The surrogate (its gradient is θ − φ); the metrics are the adapted model's query loss

@@ -33,6 +33,7 @@ from ...data.episode import Episode
 from ...errors import FastAdaptError
 from ...registry import LEARNERS
 from ..base import Learner, by_label, parse_args, require
+from ..optimization.inner_loop import MomentumSGD, inner_loop
 
 
 def cosine_scale(classes: int) -> float:
@@ -73,34 +74,42 @@ def fine_tune(
     lr: float,
     seed: int,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Train a new head (and, optionally, a copy of the backbone weights) on the support set.
-    Returns (head, backbone parameters to use); neither the module nor its weights change."""
+    """Train a new head (and, optionally, a copy of the backbone weights) on the support set:
+    `epochs` passes in seeded mini-batches of `batch_size`, torch.optim.SGD's rule with Chen et
+    al.'s settings (`inner_loop.MomentumSGD`), run by the shared inner loop with no graph.
+    support_x: (N, ...) inputs, support_y: (N,) labels in [0, ways). Returns (head, backbone
+    parameters to use), name -> tensor; neither the module nor its weights change."""
     generator = torch.Generator().manual_seed(seed)
     device = support_x.device
     with torch.no_grad():
         frozen = backbone(support_x)
-    head = {
-        k: v.to(device, frozen.dtype).requires_grad_()
-        for k, v in new_head(frozen.shape[-1], ways, cosine, generator).items()
-    }
+    head = {k: v.to(device, frozen.dtype) for k, v in new_head(frozen.shape[-1], ways, cosine, generator).items()}
     weights = {n: p.detach() for n, p in backbone.named_parameters()}
-    if finetune_backbone:
-        weights = {n: p.clone().requires_grad_() for n, p in weights.items()}
-    trained = list(head.values()) + (list(weights.values()) if finetune_backbone else [])
-    # Chen et al.'s optimiser for the new classifier (dampening 0.9 included).
-    optimizer = torch.optim.SGD(trained, lr=lr, momentum=0.9, dampening=0.9, weight_decay=0.001)
     n = len(support_x)
-    with torch.enable_grad():
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator).to(device)
-            for start in range(0, n, batch_size):
-                batch = order[start : start + batch_size]
-                z = functional_call(backbone, weights, (support_x[batch],)) if finetune_backbone else frozen[batch]
-                loss = F.cross_entropy(head_logits(z, head, cosine), support_y[batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-    return {k: v.detach() for k, v in head.items()}, {k: v.detach() for k, v in weights.items()}
+    batches = []  # drawn up front: the generator gives the same orders as drawing one per epoch
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        batches += [order[start : start + batch_size] for start in range(0, n, batch_size)]
+
+    def loss_of(params: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+        batch = batches[step]
+        if finetune_backbone:
+            tuned = {name: params[f"backbone.{name}"] for name in weights}
+            z = functional_call(backbone, tuned, (support_x[batch],))
+        else:
+            z = frozen[batch]
+        trained_head = {k: params[f"head.{k}"] for k in head}
+        return F.cross_entropy(head_logits(z, trained_head, cosine), support_y[batch])
+
+    params = {f"head.{k}": v for k, v in head.items()}
+    if finetune_backbone:
+        params.update({f"backbone.{name}": p for name, p in weights.items()})
+    # Chen et al.'s optimiser for the new classifier (dampening 0.9 included).
+    rule = MomentumSGD(lr, momentum=0.9, dampening=0.9, weight_decay=0.001)
+    params = inner_loop(loss_of, params, len(batches), rule, detached=True)
+    if finetune_backbone:
+        weights = {name: params[f"backbone.{name}"] for name in weights}
+    return {k: params[f"head.{k}"] for k in head}, weights
 
 
 def global_labels(episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ from torch.func import functional_call
 from ...data.episode import Episode
 from ...registry import LEARNERS
 from ..base import Learner, parse_args, require
-from ..optimization.maml import adapt
+from ..optimization.inner_loop import SGD, inner_loop
 
 
 @LEARNERS.register("pretrained")
@@ -69,20 +69,15 @@ class Pretrained(Learner):
     def predict(self, episode: Episode) -> torch.Tensor:
         """Fine-tune a copy of the weights (a dict of tensors, the module is untouched) with
         `eval_inner_steps` SGD steps on the support set, then predict the queries."""
-        params = {n: p.detach().requires_grad_() for n, p in self.model.named_parameters()}
-        with torch.enable_grad():
-            params = adapt(
-                self.forward_with,
-                params,
-                episode.support_x,
-                episode.support_y,
-                self.loss_fn,
-                self.eval_inner_steps,
-                self.inner_lr,
-                second_order=False,
-            )
+        params = inner_loop(
+            lambda p, _: self.loss_fn(self.forward_with(p, episode.support_x), episode.support_y),
+            dict(self.model.named_parameters()),
+            self.eval_inner_steps,
+            SGD(self.inner_lr),
+            detached=True,
+        )
         with torch.no_grad():
-            return self.forward_with({n: p.detach() for n, p in params.items()}, episode.query_x)
+            return self.forward_with(params, episode.query_x)
 
     def describe(self) -> dict:
         return {

@@ -1,0 +1,64 @@
+"""Checks of a whole config that need the registries: names of the registered parts and the
+settings that depend on each other. Run by the trainer (and by `fastadapt tune` for every point
+of a search space) before any data is loaded."""
+
+from __future__ import annotations
+
+from .config import Config, config_from_dict
+from .errors import FastAdaptError
+from .registry import BACKBONES, DATASETS, LEARNERS
+
+
+def _rl_learners() -> list[str]:
+    return [n for n in LEARNERS.names() if getattr(LEARNERS.get(n), "problem", None) == "rl"]
+
+
+def check_config(config: Config) -> None:
+    """Fail fast, before any data is loaded. Each setting's own range is checked when the config
+    is built (fastadapt.config: `ranged`, `matching`, Literal choices); this checks the names of
+    the registered parts and the settings that depend on each other."""
+    config_from_dict(config.to_dict())  # the ranges again, for a Config built in code
+    from .learners.base import parse_args
+    from .models import parse_settings
+
+    learner_cls = LEARNERS.get(config.learner.name)
+    if getattr(learner_cls, "Args", None) is not None:
+        parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
+    backbone_args = None
+    backbone_cls = BACKBONES.get(config.model.backbone)
+    if getattr(backbone_cls, "Args", None) is not None:
+        backbone_args = parse_settings(backbone_cls.Args, config.model.backbone_args, "model.backbone_args")
+    dataset_cls = DATASETS.get(config.data.dataset)
+    problem = getattr(dataset_cls, "problem", None)
+    if (problem == "rl") != (getattr(learner_cls, "problem", None) == "rl"):  # RL tasks need an RL learner
+        raise FastAdaptError(
+            f"learner {config.learner.name} cannot learn the {'RL ' if problem == 'rl' else ''}dataset "
+            f"{config.data.dataset}; RL datasets go with RL learners ({', '.join(_rl_learners())}) only"
+        )
+    splits = getattr(dataset_cls, "splits", None)
+    if isinstance(splits, (tuple, list)) and splits:
+        for key in ("train_split", "val_split", "test_split"):
+            split = getattr(config.data, key)
+            if split is not None and split not in splits:
+                raise FastAdaptError(
+                    f"data.{key} must be one of {', '.join(splits)} for {config.data.dataset}"
+                    f"{' (or null)' if key == 'val_split' else ''}; got {split!r}"
+                )
+    pooled = getattr(backbone_args, "pooled_blocks", None)
+    if problem == "classification" and isinstance(pooled, int) and config.data.image_size >> pooled < 1:
+        raise FastAdaptError(
+            f"data.image_size must be >= {2**pooled} for {config.model.backbone} with {pooled} "
+            f"poolings, got {config.data.image_size}; or lower model.backbone_args.pooled_blocks"
+        )
+    train_ways, eval_ways = config.train.episodes.ways, config.eval.ways
+    if problem == "classification":
+        for key, ways in (("train.episodes.ways", train_ways), ("eval.ways", eval_ways)):
+            if ways is None:
+                raise FastAdaptError(
+                    f"{key} must be an integer >= 2 for the classification dataset {config.data.dataset}, got null"
+                )
+        if getattr(learner_cls, "needs_head", False) and eval_ways != train_ways:
+            raise FastAdaptError(
+                f"eval.ways must equal train.episodes.ways ({train_ways}) for "
+                f"{config.learner.name}, whose head has that many outputs; got {eval_ways}"
+            )

@@ -1,0 +1,226 @@
+"""RL task distributions as suites: the dataset contract of `base.py` for meta-reinforcement learning.
+
+An RL suite's `train_task(index)` returns a `fastadapt.rl.RLTask` (a frozen spec: family, task
+parameters, seed, horizon, support and query rollout counts), a pure function of
+(config.seed, index); `fixed_set` returns a fixed, seeded list of test tasks with `save(path)`.
+`train.episodes.shots` / `queries` are the rollouts per task for the inner step / the outer loss
+(MAML-RL's `fast_batch_size`), `eval.episodes` the number of test tasks; `ways` is null.
+
+`point2d-nav`: 2D navigation of the MAML paper (Finn et al. 2017, section 5.3): goals uniform in
+[-0.5, 0.5]², horizon 100 (see `fastadapt.rl.envs.Point2DNav`). `cheetah-dir` / `cheetah-vel`:
+the paper's HalfCheetah direction (±1, equally likely) and velocity (target U[0, 2]) tasks over
+Gymnasium's HalfCheetah-v5, horizon 200 (see `fastadapt.rl.mujoco`; the `rl` extra). `ml1`:
+Meta-World ML1 (`data.args.env_name`, e.g. reach-v3) with its own 50 training and 50 test tasks
+(see `fastadapt.rl.metaworld_env`).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FastAdaptError
+from ..registry import DATASETS
+from ..rl.envs import RLTask, derive_seed
+from ..utils import atomic_write
+from .base import REGRESSION_SPLIT_OFFSETS, TaskSuite
+
+
+class FixedRLTasks(Sequence[RLTask]):
+    """A fixed list of RL test tasks; saved as their parameters and seeds (npz)."""
+
+    def __init__(self, tasks: list[RLTask], seed: int):
+        self.tasks, self.seed = tasks, seed
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, i):
+        return self.tasks[i]
+
+    def save(self, path: str | Path) -> None:
+        arrays = {
+            "params": np.array([t.params for t in self.tasks], dtype=np.float64),
+            "task_seeds": np.array([t.seed for t in self.tasks], dtype=np.uint64),
+            "family": np.array(self.tasks[0].family),
+            "horizon": self.tasks[0].horizon,
+            "shots": self.tasks[0].shots,
+            "queries": self.tasks[0].queries,
+        }
+        atomic_write(Path(path), lambda f: np.savez_compressed(f, seed=self.seed, **arrays))
+
+
+class RLSuite(TaskSuite):
+    """Base of RL suites: subclasses set `family`, `observation_dim`, `action_dim`, `Args` (with a
+    `horizon`) and implement `task_params(rng, split)`; `required_modules` are checked by `check`."""
+
+    problem = "rl"
+    family: str = ""
+    observation_dim: int = 0
+    action_dim: int = 0
+    required_modules: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ("train", "val", "test")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.observation_dim,)
+
+    def env_args(self) -> tuple[tuple[str, float], ...]:
+        """The environment settings every task of this suite carries (sorted key, value pairs)."""
+        return ()
+
+    @abc.abstractmethod
+    def task_params(self, rng: np.random.Generator, split: str) -> tuple[float, ...]:
+        """One task's parameters, drawn from `rng` (a pure function of the seed and index)."""
+
+    def task(self, seed: int, index: int, split: str, shots: int, queries: int) -> RLTask:
+        """Task `index` of the stream `seed`: parameters from default_rng([seed, index]), its own seed derived."""
+        if index < 0:
+            raise IndexError(f"task index must be non-negative, got {index}")
+        params = tuple(float(v) for v in self.task_params(np.random.default_rng([seed, index]), split))
+        return RLTask(
+            self.family,
+            params,
+            derive_seed(seed, index, "task"),
+            self.args.horizon,
+            shots,
+            queries,
+            self.env_args(),
+        )
+
+    def check(self) -> None:
+        missing = [m for m in self.required_modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise FastAdaptError(
+                f"dataset {self.config.data.dataset!r} needs {', '.join(missing)}; install the RL extra: "
+                f"pip install 'fastadapt[rl]'"
+            )
+        if self.config.train.episodes.ways is not None:
+            raise FastAdaptError(f"train.episodes.ways must be null for the RL dataset {self.config.data.dataset}")
+
+    def train_task(self, index: int) -> RLTask:
+        e = self.config.train.episodes
+        return self.task(self.config.seed, index, self.config.data.train_split, e.shots, e.queries)
+
+    def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
+        stream = seed + REGRESSION_SPLIT_OFFSETS.get(split, 3_000_017)  # disjoint from training's stream
+        return FixedRLTasks([self.task(stream, i, split, shots, queries) for i in range(episodes)], seed)
+
+
+@DATASETS.register("point2d-nav")
+class Point2DNavSuite(RLSuite):
+    """2D navigation (MAML paper): a point moves towards a goal uniform in a square; reward -distance."""
+
+    family = "point2d"
+    observation_dim = 2
+    action_dim = 2
+
+    @dataclass
+    class Args:
+        horizon: int = 100  # steps per rollout (MAML paper: 100)
+        goal_low: float = -0.5  # goals are uniform in [goal_low, goal_high]^2
+        goal_high: float = 0.5  # (MAML paper: [-0.5, 0.5]^2)
+        action_scale: float = 0.1  # move = clip(action_scale * action, -0.1, 0.1); 0.1 = rllab's normalize
+
+        def __post_init__(self):
+            if self.horizon < 1:
+                raise FastAdaptError(f"data.args.horizon must be >= 1, got {self.horizon}")
+            if not self.goal_low < self.goal_high:
+                raise FastAdaptError(
+                    f"data.args.goal_low must be < goal_high, got {self.goal_low} and {self.goal_high}"
+                )
+            if not self.action_scale > 0:
+                raise FastAdaptError(f"data.args.action_scale must be > 0, got {self.action_scale}")
+
+    def env_args(self):
+        return (("action_scale", float(self.args.action_scale)),)
+
+    def task_params(self, rng: np.random.Generator, split: str) -> tuple[float, ...]:
+        return tuple(rng.uniform(self.args.goal_low, self.args.goal_high, size=2))
+
+
+@dataclass
+class CheetahArgs:
+    horizon: int = 200  # steps per rollout (MAML paper: 200)
+    velocity_low: float = 0.0  # cheetah-vel: target velocities are uniform in [velocity_low, velocity_high] m/s
+    velocity_high: float = 2.0  # (MAML paper: [0, 2])
+
+    def __post_init__(self):
+        if self.horizon < 1:
+            raise FastAdaptError(f"data.args.horizon must be >= 1, got {self.horizon}")
+        if not self.velocity_low <= self.velocity_high:
+            raise FastAdaptError(
+                f"data.args.velocity_low must be <= velocity_high, got {self.velocity_low} and {self.velocity_high}"
+            )
+
+
+class _CheetahSuite(RLSuite):
+    observation_dim = 17
+    action_dim = 6
+    required_modules = ("gymnasium", "mujoco")
+    Args = CheetahArgs
+
+
+@DATASETS.register("cheetah-dir")
+class CheetahDirectionSuite(_CheetahSuite):
+    """HalfCheetah forward / backward (MAML paper): the direction is +1 or -1 with probability 1/2."""
+
+    family = "cheetah-dir"
+
+    def task_params(self, rng: np.random.Generator, split: str) -> tuple[float, ...]:
+        return (float(rng.choice([-1.0, 1.0])),)
+
+
+@DATASETS.register("cheetah-vel")
+class CheetahVelocitySuite(_CheetahSuite):
+    """HalfCheetah target velocity (MAML paper): the target is uniform in [0, 2] m/s."""
+
+    family = "cheetah-vel"
+
+    def task_params(self, rng: np.random.Generator, split: str) -> tuple[float, ...]:
+        return (float(rng.uniform(self.args.velocity_low, self.args.velocity_high)),)
+
+
+@DATASETS.register("ml1")
+class ML1Suite(RLSuite):
+    """Meta-World ML1: training tasks drawn from the benchmark's 50 training tasks, test tasks its 50
+    test tasks in order (cycled when eval.episodes > 50). No validation split."""
+
+    family = "ml1"
+    observation_dim = 39
+    action_dim = 4
+    required_modules = ("metaworld",)
+    splits = ("train", "test")
+
+    @dataclass
+    class Args:
+        env_name: str = "reach-v3"  # the ML1 environment (reach-v3, push-v3, pick-place-v3, ...)
+        benchmark_seed: int = 0  # seeds metaworld.ML1's task sampler: fixes the 50 + 50 tasks
+        horizon: int = 500  # steps per rollout (Meta-World's max_path_length: 500)
+
+        def __post_init__(self):
+            if not 1 <= self.horizon <= 500:
+                raise FastAdaptError(f"data.args.horizon must be in 1..500 (Meta-World's limit), got {self.horizon}")
+            if self.benchmark_seed < 0:
+                raise FastAdaptError(f"data.args.benchmark_seed must be >= 0, got {self.benchmark_seed}")
+
+    def env_args(self):
+        return (("benchmark_seed", int(self.args.benchmark_seed)), ("env_name", self.args.env_name))
+
+    def task_params(self, rng: np.random.Generator, split: str) -> tuple[float, ...]:
+        return (0.0, float(rng.integers(50)))  # (0: the training set, index)
+
+    def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
+        if split != "test":
+            return super().fixed_set(split, ways, shots, queries, episodes, seed)
+        tasks = [
+            RLTask(self.family, (1.0, float(i % 50)), derive_seed(seed, i, "task"), self.args.horizon, shots, queries)
+            for i in range(episodes)
+        ]
+        return FixedRLTasks([dataclasses.replace(t, env_args=self.env_args()) for t in tasks], seed)

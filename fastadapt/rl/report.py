@@ -1,0 +1,83 @@
+"""Meta-RL results: return against adaptation steps, as a Markdown table and a plot, from the
+`eval.json` files of RL runs (`other_metrics`: mean ± 95% CI over the fixed test tasks after each
+of 0..k adaptation steps), next to the paper's values (the preset's `reference`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from ..utils import atomic_write
+
+
+def rl_records(run_dirs: list[str | Path]) -> list[dict]:
+    """The eval.json of every run folder whose result is an RL return with per-step figures."""
+    records = []
+    for run in run_dirs:
+        path = Path(run) / "eval.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        if record.get("metric") == "return" and record.get("other_metrics"):
+            records.append({**record, "run": str(run)})
+    return records
+
+
+def steps_of(record: dict, prefix: str = "return") -> list[tuple[int, float, float]]:
+    """[(k, mean, ci95)] after k adaptation steps, in order of k."""
+    pattern = re.compile(rf"{prefix}_after_(\d+)$")
+    out = [
+        (int(m.group(1)), v["mean"], v["ci95"]) for k, v in record["other_metrics"].items() if (m := pattern.match(k))
+    ]
+    return sorted(out)
+
+
+def rl_table(records: list[dict]) -> str:
+    """Markdown: one row per run, return ± 95% CI after 0, 1, 2, ... steps; the paper's row beneath."""
+    width = max((len(steps_of(r)) for r in records), default=0)
+    head = "| run | method | task | train iterations | train min | " + " | ".join(
+        f"after {k} step{'s' if k != 1 else ''}" for k in range(width)
+    )
+    rows = [head + " |", "|" + " --- |" * (5 + width)]
+    for r in records:
+        cells = [f"{mean:.1f} ± {ci:.1f}" for _, mean, ci in steps_of(r)]
+        minutes = (r.get("train_seconds") or 0) / 60
+        rows.append(
+            f"| {Path(r['run']).name} | {r['method']} | {r['dataset']} ({r['episodes']} test tasks) | "
+            f"{r['train_steps']} | {minutes:.0f} | " + " | ".join(cells) + " |"
+        )
+        reference = r.get("reference") or {}
+        paper = [reference.get(f"return_after_{k}") for k in range(width)]
+        if any(v is not None for v in paper):
+            rows.append(
+                f"| paper | {reference.get('paper', '')} | | | | "
+                + " | ".join("–" if v is None else f"{v}" for v in paper)
+                + " |"
+            )
+    return "\n".join(rows)
+
+
+def rl_plot(records: list[dict], path: str | Path) -> None:
+    """Return against adaptation steps, one line per run with its 95% CI band, per task family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in records})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for r in (r for r in records if r["dataset"] == dataset):
+            k, mean, ci = zip(*steps_of(r))
+            ax.plot(k, mean, marker="o", label=f"{Path(r['run']).name} ({r['train_steps']} it.)")
+            ax.fill_between(k, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], alpha=0.2)
+            reference = r.get("reference") or {}
+            paper = [(j, reference[f"return_after_{j}"]) for j in k if f"return_after_{j}" in reference]
+            if paper:
+                ax.plot(*zip(*paper), linestyle="--", color="gray", marker="x", label="paper (MAML)")
+        ax.set(xlabel="adaptation steps", ylabel="return (95% CI over test tasks)", title=dataset)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)

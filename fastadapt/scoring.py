@@ -1,0 +1,199 @@
+"""Scoring a trained run: its fixed test episodes (own data or another dataset), the eval JSON
+record, the paper number that applies, and the recorded model input (`model.json`).
+
+`fastadapt.trainer.evaluate_run` loads a run and calls `score_run`; this module never builds a
+trainer itself, so it imports nothing from the trainer (no import cycle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import Config, config_from_dict
+from .errors import FastAdaptError
+from .evaluate import evaluate
+from .utils import atomic_write_text, machine_info
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+def applicable_reference(config: Config, ways, shots, adapt_steps: int | None = None) -> dict:
+    """The paper's number applies only to the preset's own test setting and data. A preset may
+    give numbers for other test-time step counts under `reference.by_adapt_steps`."""
+    own_test = (ways, shots) == (config.eval.ways, config.eval.shots)
+    # the number of test episodes and their seed change the estimate's precision, not what is measured
+    changed = any(
+        o.startswith(("data.", "eval.", "model.", "learner.")) and not o.startswith(("eval.episodes=", "eval.seed="))
+        for o in config.overrides
+    )
+    if not own_test or changed:
+        return {}
+    reference = {k: v for k, v in config.reference.items() if k != "by_adapt_steps"}
+    if adapt_steps is None or adapt_steps == config.learner.args.get("eval_inner_steps"):
+        return reference
+    other = (config.reference.get("by_adapt_steps") or {}).get(adapt_steps)
+    return {"paper": reference.get("paper"), **other} if other else {}
+
+
+def read_model_info(run_dir: Path) -> dict | None:
+    """The run's recorded model input (`model.json`: input_shape, num_train_classes), or None."""
+    path = Path(run_dir) / "model.json"
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        shape, classes = info["input_shape"], info["num_train_classes"]
+        if not (
+            isinstance(shape, list)
+            and shape
+            and all(isinstance(v, int) and v > 0 for v in shape)
+            and (classes is None or (isinstance(classes, int) and classes > 0))
+        ):
+            raise ValueError("bad values")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FastAdaptError(
+            f"{path} is unreadable ({exc}); delete it (it is rewritten by `fastadapt train "
+            f"{run_dir}`, which needs the training data)"
+        ) from None
+    return {"input_shape": shape, "num_train_classes": classes}
+
+
+def score_run(
+    trainer: Trainer,
+    run_dir: Path,
+    *,
+    ways: int | None = None,
+    shots: int | None = None,
+    queries: int | None = None,
+    episodes: int | None = None,
+    seed: int | None = None,
+    data_root=None,
+    adapt_steps: int | None = None,
+    data: str | None = None,
+    data_settings: list[str] | None = None,
+    split: str | None = None,
+) -> dict:
+    """`fastadapt.trainer.evaluate_run` once the trainer holds the selected weights: the fixed test
+    episodes, the scores, and the eval JSON record (written into `run_dir` and returned)."""
+    config, learner = trainer.config, trainer.learner
+    e = config.eval
+    ways = e.ways if ways is None else ways
+    shots, queries = shots or e.shots, queries or e.queries
+    episodes, seed = episodes or e.episodes, e.seed if seed is None else seed
+    if learner.needs_head and learner.problem == "classification" and ways != config.train.episodes.ways:
+        raise FastAdaptError(
+            f"{config.learner.name} was trained {config.train.episodes.ways}-way and its head has that "
+            f"many outputs; evaluate with --ways {config.train.episodes.ways}"
+        )
+    if adapt_steps is not None:
+        if not hasattr(learner, "eval_inner_steps"):
+            raise FastAdaptError(f"{config.learner.name} takes no test-time gradient steps; drop --adapt-steps")
+        if adapt_steps < 1:
+            raise FastAdaptError(f"--adapt-steps must be >= 1, got {adapt_steps}")
+        learner.eval_inner_steps = adapt_steps
+    suite, dataset, test_split, prefix = trainer.suite, config.data.dataset, config.data.test_split, ""
+    if data is not None or data_settings or split is not None:
+        suite, test_split = cross_domain_suite(trainer, data or dataset, data_settings or [], split, data_root)
+        dataset = suite.config.data.dataset
+        data_key = dataclasses.asdict(suite.config.data)
+        digest = hashlib.sha256(json.dumps(data_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        prefix = f"{dataset}-{test_split}-{digest}-"  # one file per data setting: other folders never overwrite it
+    test_set = suite.fixed_set(test_split, ways, shots, queries, episodes, seed)
+    tag = prefix + (
+        f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}"
+        if ways
+        else f"{shots}shot{queries}q-{episodes}ep-seed{seed}"
+    )
+    episodes_tag = tag
+    if adapt_steps is not None:
+        tag += f"-{adapt_steps}steps"
+    test_set.save(run_dir / "episodes" / f"test-{episodes_tag}.npz")
+    result = evaluate(learner, test_set, trainer.device)
+    record = {
+        "preset": config.name,
+        "method": config.learner.name,
+        "dataset": dataset,
+        "split": test_split,
+        "ways": ways,
+        "shots": shots,
+        "queries": queries,
+        "episodes": episodes,
+        "seed": seed,
+        "metric": result["metric"],
+        result["metric"]: result["mean"],
+        "ci95": result["ci95"],
+        "std": result["std"],
+        "diverged_episodes": result["nonfinite"],
+        **({"other_metrics": result["others"]} if result.get("others") else {}),  # RL: return after k steps
+        "learner": learner.describe(),
+        "bn_mode": learner.describe().get("bn_mode", "none"),
+        "train_steps": trainer.state["step"],
+        "selected_step": trainer.state["best_step"],
+        "eval_seconds": round(result["seconds"], 2),
+        "train_seconds": round(trainer.state["elapsed"], 2),
+        "episodes_file": f"episodes/test-{episodes_tag}.npz",
+        "adapt_steps": getattr(learner, "eval_inner_steps", None),
+        "machine": machine_info(trainer.device),
+        "reference": {} if prefix else applicable_reference(config, ways, shots, adapt_steps),
+        "trained_on": config.data.dataset,
+        "overrides": config.overrides,
+        "data_args": suite.config.data.args if prefix else config.data.args,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    own = (
+        (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed)
+        and adapt_steps is None
+        and not prefix
+    )
+    name = "eval.json" if own else f"eval-{tag}.json"
+    atomic_write_text(run_dir / name, json.dumps(record, indent=2))
+    return record
+
+
+def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], split: str | None, data_root):
+    """The suite of another dataset (or other data settings) for a trained run, and the split to test on.
+
+    `settings` are `data.<key>=value` items (e.g. `data.args.root=DIR`). The image size is the
+    run's; a dataset with a `channels` setting gets the run's channel count unless set. The
+    default split is `all` where the dataset has one (a user's folder), else `test`.
+    """
+    bad = [s for s in settings if not s.startswith("data.")]
+    if bad:
+        raise FastAdaptError(f"--set {bad[0]!r}: only data.* settings can change when evaluating a trained run")
+    from .config import apply_overrides
+    from .registry import DATASETS
+
+    suite_cls = DATASETS.get(dataset)
+    shape = tuple(trainer.model_info["input_shape"])
+    base = {"dataset": dataset, "image_size": trainer.config.data.image_size, "args": {}}
+    fields = getattr(suite_cls.Args, "__dataclass_fields__", {})
+    if len(shape) == 3 and "channels" in fields:
+        base["args"]["channels"] = shape[0]
+    if "invert" in fields:  # read the user's images the way `predict` does for this run
+        base["args"]["invert"] = bool(getattr(trainer.suite, "inverted_ink", False))
+    # text: encode the sentences as the run's were; on the run's own dataset, keep its class split
+    same = dataset == trainer.config.data.dataset
+    for key in ("encoder", "representation", "max_length") + (("class_split",) if same else ()):
+        if key in fields and key in (trainer.config.data.args or {}):
+            base["args"][key] = trainer.config.data.args[key]
+    values = apply_overrides({"data": base}, settings)["data"]
+    chosen = split or ("all" if "all" in getattr(suite_cls, "splits", ()) else "test")
+    values.update(train_split=chosen, val_split=None, test_split=chosen)
+    raw = trainer.config.to_dict()
+    raw["data"] = values
+    config = config_from_dict(raw)
+    suite = suite_cls(config, data_root, False)
+    if suite.problem != trainer.suite.problem:
+        raise FastAdaptError(f"{dataset} is a {suite.problem} dataset but the run learned {trainer.suite.problem}")
+    if tuple(suite.input_shape) != shape:
+        raise FastAdaptError(
+            f"{dataset} ({chosen}) gives inputs of shape {tuple(suite.input_shape)} but the run's model "
+            f"takes {shape}; set data.image_size / data.args.channels to match"
+        )
+    return suite, chosen

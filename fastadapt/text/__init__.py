@@ -1,0 +1,1 @@
+"""Few-shot text: pretrained sentence encoders, their embedding cache, and encoder adaptation."""

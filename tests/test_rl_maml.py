@@ -1,0 +1,239 @@
+"""MAML-RL against math and an uninterrupted run: the meta-gradient through the policy-gradient
+inner step against central finite differences on a tiny linear-Gaussian problem (second and
+first order), the Fisher-vector product against the exact Hessian of the KL through the inner
+step, TRPO's trust region, and a tiny end-to-end meta-RL run with exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from fastadapt.config import load_config
+from fastadapt.errors import FastAdaptError
+from fastadapt.learners.rl.maml_rl import adapt_step, inner_loss, masked_task_mean
+from fastadapt.models.backbones import MLP
+from fastadapt.rl import policy as pi
+from fastadapt.rl.rollouts import Batch
+from fastadapt.rl.trpo import TRPOSettings, fisher_vector_product, flat, trpo_step, unflat
+from fastadapt.trainer import Trainer
+
+LR = 0.3
+
+
+def _batch(g: torch.Generator, k=2, t=3, n=4, d=2, a=2) -> tuple[Batch, torch.Tensor]:
+    mask = torch.ones(k, t, n, dtype=torch.float64)
+    mask[0, 2:, 1] = 0  # one rollout ended early
+    batch = Batch(
+        torch.randn(k, t, n, d, generator=g, dtype=torch.float64),
+        torch.randn(k, t, n, a, generator=g, dtype=torch.float64),
+        torch.zeros(k, t, n, dtype=torch.float64),
+        mask,
+    )
+    return batch, torch.randn(k, t, n, generator=g, dtype=torch.float64)
+
+
+def _problem(seed: int = 0):
+    """A linear-Gaussian policy (mean W s + b, learned log std), two tasks' support and query data."""
+    torch.manual_seed(seed)
+    net = MLP(in_features=2, hidden=(), out_features=2).double()  # no hidden layer: linear
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in pi.init_params(net, 2, 0.8).items()}
+    params = {k: v.double().detach().requires_grad_(True) for k, v in params.items()}
+    g = torch.Generator().manual_seed(seed)
+    return net, params, _batch(g), _batch(g)
+
+
+def _meta_objective(net, params, support, query, first_order=False):
+    adapted = adapt_step(net, params, *support, LR, stacked=False, create_graph=not first_order)
+    return inner_loss(net, adapted, *query, stacked=True).mean(), adapted
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_second_order_meta_gradient_matches_finite_differences(seed):
+    net, params, support, query = _problem(seed)
+    names = list(params)
+    loss, _ = _meta_objective(net, params, support, query)
+    grads = flat(torch.autograd.grad(loss, [params[k] for k in names]))
+    theta, eps = flat([params[k].detach() for k in names]), 1e-6
+
+    def value(vector):
+        p = dict(zip(names, (v.clone().requires_grad_(True) for v in unflat(vector, [params[k] for k in names]))))
+        return _meta_objective(net, p, support, query)[0].item()
+
+    numeric = torch.tensor(
+        [
+            (value(theta + eps * e) - value(theta - eps * e)) / (2 * eps)
+            for e in torch.eye(len(theta), dtype=theta.dtype)
+        ]
+    )
+    torch.testing.assert_close(grads, numeric.double(), rtol=1e-6, atol=1e-8)
+    # The inner step's second-order term matters here: the first-order gradient is another vector.
+    first = flat(torch.autograd.grad(_meta_objective(net, params, support, query, True)[0], list(params.values())))
+    assert (first - grads).abs().max() > 1e-3
+
+
+def test_first_order_gradient_is_the_mean_adapted_gradient():
+    """First order: dθ'/dθ = I, so the meta-gradient is the mean over tasks of ∇L_query at θ'_k."""
+    net, params, support, query = _problem(2)
+    loss, adapted = _meta_objective(net, params, support, query, first_order=True)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    for k in range(2):
+        leaf = {name: v[k].detach().requires_grad_(True) for name, v in adapted.items()}
+        one = Batch(*(x[k : k + 1] for x in (query[0].observations, query[0].actions, query[0].rewards, query[0].mask)))
+        task_grads = torch.autograd.grad(
+            inner_loss(net, leaf, one, query[1][k : k + 1], stacked=False).sum(), list(leaf.values())
+        )
+        if k == 0:
+            total = [t / 2 for t in task_grads]
+        else:
+            total = [s + t / 2 for s, t in zip(total, task_grads)]
+    for a, b in zip(grads, total):
+        torch.testing.assert_close(a, b)
+
+
+def _kl_setup(seed=3):
+    net, params, support, query = _problem(seed)
+    names = list(params)
+    with torch.enable_grad():
+        old = {k: v.detach() for k, v in adapt_step(net, params, *support, LR, False, False).items()}
+
+    def adapt(values):
+        return list(adapt_step(net, dict(zip(names, values)), *support, LR, False, True).values())
+
+    def kl_of(values):
+        kl = pi.per_task(pi.kl, net, old, dict(zip(names, values)), query[0].observations, stacked=True)
+        return masked_task_mean(kl, query[0].mask).mean()
+
+    return net, params, names, adapt, kl_of, query
+
+
+def test_fisher_vector_product_equals_the_kl_hessian_through_the_inner_step():
+    """Jᵀ H J v (no third derivatives) against the full Hessian of KL(π_old ‖ π_adapt(θ)) in θ, which
+    needs the third derivatives of the inner loss, at the data-collecting parameters."""
+    net, params, names, adapt, kl_of, _ = _kl_setup()
+    values = [params[k] for k in names]
+    fisher = fisher_vector_product(values, adapt(values), kl_of)
+    theta = flat([v.detach() for v in values])
+    hessian = torch.autograd.functional.hessian(lambda x: kl_of(adapt(unflat(x, values))), theta)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        v = torch.randn(len(theta), generator=g, dtype=theta.dtype)
+        torch.testing.assert_close(fisher(v), hessian @ v, rtol=1e-7, atol=1e-10)
+
+
+def test_trpo_step_improves_the_surrogate_inside_the_trust_region():
+    net, params, names, adapt, kl_of, query = _kl_setup(4)
+    (q, q_adv), values = query, [params[k] for k in names]
+    old = dict(zip(names, (a.detach() for a in adapt(values))))
+    with torch.no_grad():
+        old_logp = pi.per_task(pi.log_prob, net, old, q.observations, q.actions, stacked=True)
+
+    def loss_and_kl(adapted):
+        new = dict(zip(names, adapted))
+        logp = pi.per_task(pi.log_prob, net, new, q.observations, q.actions, stacked=True)
+        return -masked_task_mean(torch.exp(logp - old_logp) * q_adv, q.mask).mean(), kl_of(adapted)
+
+    info = trpo_step(adapt, loss_and_kl, values, TRPOSettings(max_kl=0.01))
+    assert info["step_fraction"] > 0 and info["surrogate_after"] < info["surrogate_before"]
+    assert 0 < info["kl_after"] <= 0.01 and info["expected_improvement"] > 0
+    after = loss_and_kl([a.detach() for a in adapt(values)])
+    assert after[0].item() == pytest.approx(info["surrogate_after"]) and after[1].item() <= 0.01
+
+
+# ------------------------------------------------------------------------------ end to end
+
+TINY = [
+    "train.steps=4",
+    "train.meta_batch=2",
+    "train.episodes.shots=3",
+    "train.episodes.queries=3",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "eval.episodes=3",
+    "eval.shots=3",
+    "eval.queries=3",
+    "data.args.horizon=8",
+    "model.backbone_args.hidden=[8]",
+    "learner.args.cg_iters=3",
+]
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "best.safetensors"))
+
+
+def test_tiny_meta_rl_run_resumes_exactly_and_reports_every_adaptation_step(tmp_path):
+    config = load_config("maml-trpo-point2d", TINY)
+    straight = Trainer(config, tmp_path / "a", quiet=True).fit()
+    assert Trainer(config, tmp_path / "b", quiet=True).fit(stop_after=2) is None
+    resumed = Trainer(config, tmp_path / "b", quiet=True).fit()
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["return"] == resumed["return"] and math.isfinite(straight["return"])
+    record = json.loads((tmp_path / "a" / "eval.json").read_text())
+    steps = record["other_metrics"]
+    assert sorted(steps) == [f"return_after_{k}" for k in range(4)]
+    assert steps["return_after_3"]["mean"] == record["return"] and record["metric"] == "return"
+    assert all(math.isfinite(v["mean"]) and v["ci95"] >= 0 for v in steps.values())
+    # horizon 8, rewards are minus distances within the [-0.5, 0.5]² square plus the reachable moves
+    assert all(-8 * math.sqrt(2) * 1.3 <= v["mean"] <= 0 for v in steps.values())
+    # the generated results section: one row per run with every step, the paper's row beneath, a plot
+    from fastadapt.rl.report import rl_plot, rl_records, rl_table
+
+    records = rl_records([tmp_path / "a", tmp_path / "b"])
+    assert record["reference"] == {}  # the tiny overrides change the task: the paper's numbers do not apply
+    records[0]["reference"] = {"paper": "MAML", "return_after_0": -40.4, "return_after_1": -11.7}
+    table = rl_table(records).splitlines()
+    assert len(table) == 2 + 3 and "after 3 steps" in table[0]
+    assert f"{steps['return_after_2']['mean']:.1f} ± {steps['return_after_2']['ci95']:.1f}" in table[2]
+    assert table[3].startswith("| paper | MAML |") and table[3].endswith("| -40.4 | -11.7 | – | – |")
+    rl_plot(records, tmp_path / "rl.png")
+    assert (tmp_path / "rl.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_rl_datasets_need_rl_learners_and_back(tmp_path):
+    with pytest.raises(FastAdaptError, match="RL datasets go with RL learners"):
+        Trainer(load_config("maml-trpo-point2d", ["learner.name=protonet", "learner.args={}"]), tmp_path / "x")
+    with pytest.raises(FastAdaptError, match="maml-rl"):
+        Trainer(load_config("maml-sinusoid-5shot", ["learner.name=maml-rl", "learner.args={}"]), tmp_path / "y")
+
+
+def test_pretrained_baseline_trpo_step_stays_in_the_trust_region_and_none_changes_nothing():
+    from fastadapt.data import build_suite
+    from fastadapt.learners import build_learner
+
+    overrides = ["model.backbone_args.hidden=[8]", "data.args.horizon=6", "train.episodes.queries=4"]
+    config = load_config("maml-trpo-point2d", ["learner.name=pretrained-rl", *overrides])
+    learner = build_learner(config, (2,))
+    tasks = [build_suite(config).train_task(i) for i in range(3)]
+    before = [p.detach().clone() for p in learner.parameters()]
+    info = learner.outer_step(tasks, (0, 1))[0]
+    assert info["step_fraction"] > 0 and 0 < info["kl_after"] <= 0.01
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.parameters()))
+    frozen = build_learner(load_config("maml-trpo-point2d", ["learner.args.outer=none", *overrides]), (2,))
+    before = [p.detach().clone() for p in frozen.parameters()]
+    assert len(frozen.outer_step(tasks, (0, 1))) == 3
+    assert all(torch.equal(a, b) for a, b in zip(before, frozen.parameters()))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_adam_outer_loop_task_loss_has_a_gradient_for_every_parameter(first_order):
+    """`outer: adam`: the trainer's engine backpropagates `task_loss` through the inner step."""
+    from fastadapt.data import build_suite
+    from fastadapt.learners import build_learner
+
+    overrides = ["model.backbone_args.hidden=[8]", "data.args.horizon=6", "train.episodes.shots=3"]
+    args = f"learner.args={{outer: adam, first_order: {str(first_order).lower()}}}"
+    config = load_config("maml-trpo-point2d", [*overrides, args])
+    learner = build_learner(config, (2,))
+    assert learner.outer_step([], (0, 1)) is None  # the trainer's default update then runs
+    loss, metrics = learner.task_loss(build_suite(config).train_task(0))
+    loss.backward()
+    assert math.isfinite(metrics["return"]) and metrics["loss"] == loss.item()
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in learner.parameters()
+    )
