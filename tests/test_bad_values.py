@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from fastadapt import trainer as trainer_module
 from fastadapt.cli import main
 from fastadapt.config import Config, load_config, preset_names
+from fastadapt.config_checks import check_config
 from fastadapt.errors import FastAdaptError
 
 PRESET = "protonet-omniglot-quick"
@@ -179,7 +180,7 @@ def test_every_core_setting_declares_its_valid_values():
 
 def test_presets_are_valid():
     for name in preset_names():
-        trainer_module._validate(load_config(name))
+        check_config(load_config(name))
 
 
 @pytest.mark.parametrize("key", sorted(FIELDS))
@@ -323,4 +324,4 @@ def test_config_built_in_code_is_checked_too():
     config = Config()
     config.train.steps = 0
     with pytest.raises(FastAdaptError, match="train.steps must be an integer >= 1, got 0"):
-        trainer_module._validate(config)
+        check_config(config)
