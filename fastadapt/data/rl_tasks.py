@@ -19,7 +19,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib.util
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,20 +28,13 @@ from ..errors import FastAdaptError
 from ..registry import DATASETS
 from ..rl.envs import RLTask, derive_seed
 from ..utils import atomic_write
-from .base import REGRESSION_SPLIT_OFFSETS, TaskSuite
+from .base import REGRESSION_SPLIT_OFFSETS, FixedTasks, TaskSuite
 
 
-class FixedRLTasks(Sequence[RLTask]):
-    """A fixed list of RL test tasks; saved as their parameters and seeds (npz)."""
+class FixedRLTasks(FixedTasks):
+    """A fixed list of RL test tasks (`FixedTasks`' sequence); saved as their parameters and seeds (npz)."""
 
-    def __init__(self, tasks: list[RLTask], seed: int):
-        self.tasks, self.seed = tasks, seed
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getitem__(self, i):
-        return self.tasks[i]
+    tasks: list[RLTask]
 
     def save(self, path: str | Path) -> None:
         arrays = {
