@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         "(its folder); --set items apply on top",
     )
     train.add_argument(
+        "--study-storage",
+        metavar="URL",
+        help="with --from-study: read the study from this Optuna storage instead of the one it was created "
+        "with (e.g. sqlite:///STUDY_DIR/study-copy.db once a throwaway PostgreSQL server is gone)",
+    )
+    train.add_argument(
         "--set",
         dest="overrides",
         action="append",

@@ -47,7 +47,12 @@ def launch(args, meta_batch: int) -> int:
     argv += [str(args.config)] if args.config is not None else ["--from-study", str(args.from_study)]
     for override in getattr(args, "given_overrides", args.overrides):
         argv += ["--set", override]
-    for flag, value in (("--out", args.out), ("--data-root", args.data_root)):
+    named = (
+        ("--out", args.out),
+        ("--data-root", args.data_root),
+        ("--study-storage", getattr(args, "study_storage", None)),
+    )
+    for flag, value in named:
         if value is not None:
             argv += [flag, str(value)]
     argv += [flag for flag, on in (("--download", args.download), ("--quiet", args.quiet)) if on]

@@ -226,6 +226,8 @@ class Trainer:
 
     def _fit(self, stop_after: int | None, on_validation=None, test: bool = True) -> dict | None:
         cfg = self.config.train
+        if self.dist.world_size > 1 and (why := self.learner.single_process_reason()):
+            raise FastAdaptError(why)  # every rank reaches the same verdict, before any collective or write
         agreed(self.dist, self.suite.check)  # data errors come before the run folder is claimed with config.yaml
         agreed(self.dist, self._claim_run_dir, main_only=True)
         agreed(self.dist, self._resume)  # every rank reads the same checkpoint

@@ -14,7 +14,7 @@ def from_study(args) -> dict:
     defaults to runs/<study>-best."""
     from .tune_storage import best_trial_settings
 
-    raw, items, best = best_trial_settings(args.from_study)
+    raw, items, best = best_trial_settings(args.from_study, getattr(args, "study_storage", None))
     args.given_overrides = list(args.overrides)  # what `--nproc` passes on (its ranks read the study again)
     args.overrides = items + list(args.overrides)
     if args.out is None:

@@ -104,7 +104,19 @@ def best_trial_settings(study_dir: str | Path, storage: str | None = None) -> tu
     study_dir = Path(study_dir)
     record = load_study_record(study_dir)
     url = storage_url(storage if storage is not None else record.get("storage"), study_dir)
-    study = optuna.load_study(study_name=record["study"], storage=open_storage(url, 10))
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        # SQLite would create an empty file there and then find no study in it
+        raise FastAdaptError(
+            f"the study storage {url.removeprefix('sqlite:///')} does not exist; give the study's "
+            "database with --study-storage (a SQLite file or a postgresql:// URL)"
+        )
+    try:
+        study = optuna.load_study(study_name=record["study"], storage=open_storage(url, 10))
+    except KeyError:  # optuna: 'Record does not exist.'
+        raise FastAdaptError(
+            f"study {record['study']!r} is not in {shown_url(url)}; give the storage it was created in "
+            "with --study-storage"
+        ) from None
     try:
         best = study.best_trial
     except ValueError:

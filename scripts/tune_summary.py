@@ -1,7 +1,7 @@
 """The tuning demo's section of RESULTS.md, generated from result files only:
 
     python scripts/tune_summary.py results/tune-maml-sinusoid-best results/tune-maml-sinusoid-default \
-        --full results/maml-sinusoid-5shot
+        --full results/maml-sinusoid-5shot --best-full results/tune-maml-sinusoid-best-full
 
 reads BEST/study/{study.json,trials.csv,wall_time.txt} (the study's report, copied by
 scripts/reproduce.sh job tune-maml-sinusoid), BEST/eval*.json (the full run from the best trial)
@@ -50,7 +50,7 @@ def _param(text: str) -> str:
         return text
 
 
-def summary(best: Path, default: Path, full: Path | None = None) -> str:
+def summary(best: Path, default: Path, full: Path | None = None, best_full: Path | None = None) -> str:
     study = best / "study"
     record = json.loads((study / "study.json").read_text())
     with (study / "trials.csv").open() as f:
@@ -101,6 +101,8 @@ def summary(best: Path, default: Path, full: Path | None = None) -> str:
     rows = [("preset default", default_evals), ("best trial's settings", best_evals)]
     if full is not None:
         rows.append((f"preset default, full schedule (`{full.name}`)", _evals(full)))
+    if best_full is not None:
+        rows.append((f"best trial's settings, full schedule (`{best_full.name}`)", _evals(best_full)))
     for label, evals in rows:
         lines.append(
             f"| {label}, {_steps(evals)} steps | " + " | ".join(_cell(evals.get(k)) for k in (1, 5, 10)) + " |"
@@ -120,8 +122,9 @@ def main() -> None:
     parser.add_argument("best", type=Path)
     parser.add_argument("default", type=Path)
     parser.add_argument("--full", type=Path, help="the preset's default at its full schedule, for reference")
+    parser.add_argument("--best-full", type=Path, help="`train --from-study` at the preset's full schedule")
     args = parser.parse_args()
-    atomic_write_text(args.best / "tune-summary.md", summary(args.best, args.default, args.full))
+    atomic_write_text(args.best / "tune-summary.md", summary(args.best, args.default, args.full, args.best_full))
     print(f"wrote {args.best / 'tune-summary.md'}")
 
 

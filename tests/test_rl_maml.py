@@ -166,14 +166,20 @@ def _weights(run_dir):
     return load_file(str(run_dir / "best.safetensors"))
 
 
-def test_tiny_meta_rl_run_resumes_exactly_and_reports_every_adaptation_step(tmp_path):
-    config = load_config("maml-trpo-point2d", TINY)
+def straight_and_resumed(config, tmp_path) -> tuple[dict, dict]:
+    """The run uninterrupted (tmp_path/a) and stopped after 2 steps, then resumed (tmp_path/b): the
+    same weights bitwise and the same result. Returns a's result and weights."""
     straight = Trainer(config, tmp_path / "a", quiet=True).fit()
     assert Trainer(config, tmp_path / "b", quiet=True).fit(stop_after=2) is None
     resumed = Trainer(config, tmp_path / "b", quiet=True).fit()
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert straight["return"] == resumed["return"] and math.isfinite(straight["return"])
+    return straight, a
+
+
+def test_tiny_meta_rl_run_resumes_exactly_and_reports_every_adaptation_step(tmp_path):
+    straight, _ = straight_and_resumed(load_config("maml-trpo-point2d", TINY), tmp_path)
     record = json.loads((tmp_path / "a" / "eval.json").read_text())
     steps = record["other_metrics"]
     assert sorted(steps) == [f"return_after_{k}" for k in range(4)]
@@ -237,3 +243,23 @@ def test_adam_outer_loop_task_loss_has_a_gradient_for_every_parameter(first_orde
     assert all(
         p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in learner.parameters()
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "accepted"),
+    [([], False), (["learner.args.outer=none"], False), (["learner.args.outer=adam"], True)],
+)
+def test_whole_meta_batch_updates_are_refused_on_several_ranks_before_training(tmp_path, overrides, accepted):
+    """TRPO (and the `none` baseline's report) need the whole meta-batch in one process: on 2 ranks
+    the trainer stops before any collective or write; the Adam outer loop shards like any learner."""
+    from fastadapt.distributed import Context
+
+    trainer = Trainer(load_config("maml-trpo-point2d", TINY + overrides), tmp_path / "run", quiet=True)
+    reason = trainer.learner.single_process_reason()
+    assert (reason is None) == accepted
+    if accepted:
+        return
+    trainer.dist = Context(rank=0, world_size=2, local_rank=0, local_world_size=2, active=False)
+    with pytest.raises(FastAdaptError, match="runs in one process; under torchrun use learner.args.outer=adam"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "config.yaml").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from fastadapt.config import load_config
@@ -74,3 +75,12 @@ def test_tiny_rl2_ppo_run(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.learner.parameters()))
     assert sorted(result["other_metrics"]) == ["return_after_0", "return_after_1"]
     assert math.isfinite(result["return"]) and result["return"] == result["other_metrics"]["return_after_1"]["mean"]
+    # PPO needs the whole meta-batch in one process: on 2 ranks the trainer refuses before training
+    from fastadapt.distributed import Context
+    from fastadapt.errors import FastAdaptError
+
+    refused = Trainer(config, tmp_path / "ranks", quiet=True)
+    refused.dist = Context(rank=0, world_size=2, local_rank=0, local_world_size=2, active=False)
+    with pytest.raises(FastAdaptError, match="RL2 trains with PPO on the whole meta-batch in one process"):
+        refused.fit()
+    assert not (tmp_path / "ranks" / "config.yaml").exists()

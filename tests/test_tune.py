@@ -152,6 +152,14 @@ def test_sqlite_study_trials_are_run_folders_and_the_best_trains_a_full_run(tmp_
     preset = load_config(PRESET)
     assert config["train"]["checkpoint_every"] == preset.train.checkpoint_every  # trial settings dropped
     assert json.loads((out / "eval.json").read_text())["episodes"] == 20
+    # The study's own storage gone (a stopped throwaway server): --study-storage reads a copy.
+    from fastadapt.tune_space import override
+    from fastadapt.tune_storage import best_trial_settings
+
+    (study_dir / "study.db").rename(tmp_path / "copy.db")
+    assert main(["train", "--from-study", str(study_dir), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    _, items, summary = best_trial_settings(study_dir, str(tmp_path / "copy.db"))
+    assert summary["trial"] == best.number and override("train.lr", best.params["train.lr"]) in items
 
 
 def test_pruned_and_diverged_trials_stop_at_the_validation_that_decides(tmp_path):

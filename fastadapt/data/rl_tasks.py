@@ -179,6 +179,20 @@ class CheetahVelocitySuite(_CheetahSuite):
         return (float(rng.uniform(self.args.velocity_low, self.args.velocity_high)),)
 
 
+@dataclass
+class MetaWorldArgs:
+    """The settings every Meta-World suite (ml1, ml10) takes."""
+
+    benchmark_seed: int = 0  # seeds Meta-World's task sampler (metaworld.ML1 / ML10): fixes the task lists
+    horizon: int = 500  # steps per rollout (Meta-World's max_path_length: 500)
+
+    def __post_init__(self):
+        if not 1 <= self.horizon <= 500:
+            raise FastAdaptError(f"data.args.horizon must be in 1..500 (Meta-World's limit), got {self.horizon}")
+        if self.benchmark_seed < 0:
+            raise FastAdaptError(f"data.args.benchmark_seed must be >= 0, got {self.benchmark_seed}")
+
+
 @DATASETS.register("ml1")
 class ML1Suite(RLSuite):
     """Meta-World ML1: training tasks drawn from the benchmark's 50 training tasks, test tasks its 50
@@ -191,16 +205,8 @@ class ML1Suite(RLSuite):
     splits = ("train", "test")
 
     @dataclass
-    class Args:
+    class Args(MetaWorldArgs):
         env_name: str = "reach-v3"  # the ML1 environment (reach-v3, push-v3, pick-place-v3, ...)
-        benchmark_seed: int = 0  # seeds metaworld.ML1's task sampler: fixes the 50 + 50 tasks
-        horizon: int = 500  # steps per rollout (Meta-World's max_path_length: 500)
-
-        def __post_init__(self):
-            if not 1 <= self.horizon <= 500:
-                raise FastAdaptError(f"data.args.horizon must be in 1..500 (Meta-World's limit), got {self.horizon}")
-            if self.benchmark_seed < 0:
-                raise FastAdaptError(f"data.args.benchmark_seed must be >= 0, got {self.benchmark_seed}")
 
     def env_args(self):
         return (("benchmark_seed", int(self.args.benchmark_seed)), ("env_name", self.args.env_name))

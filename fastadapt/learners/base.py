@@ -92,6 +92,12 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
     #: commented. None only for third-party learners, whose `build` then gets the raw mapping.
     Args: type | None = None
 
+    def single_process_reason(self) -> str | None:
+        """Why this learner, with these settings, cannot train on several torchrun ranks (a one-line
+        error naming the setting to change), or None. The trainer checks it before training: a
+        custom outer update that needs the whole meta-batch (TRPO, PPO) returns a reason."""
+        return None
+
     @abc.abstractmethod
     def task_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """Meta-training loss of one task (differentiable w.r.t. `self.parameters()`) and metrics."""

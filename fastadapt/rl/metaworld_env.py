@@ -8,10 +8,15 @@ test tasks are the benchmark's test list. Score: Meta-World's protocol, a rollou
 `info["success"]` is 1 at any step; horizon 500 (`max_path_length`). Building a MuJoCo
 environment costs about a second, so instances are pooled per environment name and re-tasked
 with `set_task` for every batch.
+
+ML10 (`fastadapt.data.ml10`): 10 training and 5 held-out test environments with 50 tasks each,
+from `metaworld.ML10(seed=s)`; a task is (set, environment, index), so one batch holds several
+environment names, each instance drawn from its own name's pool.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -21,6 +26,7 @@ from ..errors import FastAdaptError
 from .envs import RLTask
 
 _POOL: dict[str, list] = {}  # env_name -> environment instances, reused across batches
+_LARGEST = {"batch": 0}  # the most instances one batch has used: the pool's bound is 1.5x this
 
 
 @lru_cache(maxsize=8)
@@ -36,29 +42,93 @@ def ml1(env_name: str, seed: int):
         raise FastAdaptError(f"data.args.env_name: Meta-World has no ML1 environment {env_name!r} ({exc})") from None
 
 
-def instances(env_name: str, seed: int, count: int) -> list:
+@lru_cache(maxsize=2)
+def ml10(seed: int):
+    """The ML10 benchmark, its training and test task sets fixed by `seed` (building it resets each
+    of its 15 environments 50 times: about 15 s on one core, so it is cached)."""
+    try:
+        import metaworld
+    except ImportError:
+        raise FastAdaptError("Meta-World tasks need metaworld: pip install 'fastadapt[rl]'") from None
+    return metaworld.ML10(seed=seed)
+
+
+def ml10_env_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """ML10's (training, test) environment names in Meta-World's order, without building the benchmark."""
+    from metaworld.env_dict import ML10_V3
+
+    return tuple(ML10_V3["train"]), tuple(ML10_V3["test"])
+
+
+@lru_cache(maxsize=2)
+def _ml10_tasks(seed: int) -> tuple[dict[str, list], dict[str, list]]:
+    """ML10's (training, test) tasks grouped by environment name, each list in the benchmark's order."""
+    benchmark, out = ml10(seed), ({}, {})
+    for grouped, tasks in zip(out, (benchmark.train_tasks, benchmark.test_tasks)):
+        for t in tasks:
+            grouped.setdefault(t.env_name, []).append(t)
+    return out
+
+
+def benchmark_task(task: RLTask) -> tuple[str, object]:
+    """(environment name, Meta-World `Task`) of a fastadapt task. ML1: params (set, index) into the
+    benchmark's training (0) or test (1) list; ML10: params (set, environment, index), the
+    environment by its position in `ml10_env_names()`, the index into that environment's 50 tasks."""
+    args = dict(task.env_args)
+    seed = int(args["benchmark_seed"])
+    if task.family == "ml10":
+        which, env, index = (int(v) for v in task.params)
+        name = ml10_env_names()[which][env]
+        return name, _ml10_tasks(seed)[which][name][index]
+    name = str(args["env_name"])
+    benchmark, (which, index) = ml1(name, seed), task.params
+    return name, (benchmark.train_tasks, benchmark.test_tasks)[int(which)][int(index)]
+
+
+def instances(env_name: str, count: int) -> list:
+    """`count` pooled instances of one Meta-World environment (created on first need, then reused)."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
     pool = _POOL.setdefault(env_name, [])
-    benchmark = ml1(env_name, seed)
     while len(pool) < count:
-        pool.append(benchmark.train_classes[env_name]())
+        pool.append(ALL_V3_ENVIRONMENTS[env_name]())
     return pool[:count]
 
 
+def trim_pool(in_use: dict[str, int], limit: int) -> None:
+    """Close pooled instances beyond `limit` in all, never the first `in_use[name]` of a name (the
+    current batch's). An instance holds ~21 MiB; with one environment name (ML1) the pool never
+    exceeds the largest batch, but batches that mix names (ML10) would otherwise keep the largest
+    count each name ever had (several batches' worth)."""
+    excess = sum(len(pool) for pool in _POOL.values()) - limit
+    for name, pool in _POOL.items():
+        drop = min(len(pool) - in_use.get(name, 0), excess)
+        if drop > 0:
+            for env in pool[-drop:]:
+                env.close()
+            del pool[-drop:]
+            excess -= drop
+
+
 class MetaWorldTasks:
-    """K ML1 tasks x N rollouts (the `BatchedEnv` interface); `success` (K, N): succeeded at any step."""
+    """K Meta-World tasks x N rollouts (the `BatchedEnv` interface); `success` (K, N): succeeded at
+    any step. The tasks may name different environments (ML10); all have 39 observations, 4 actions."""
 
     action_dim = 4
 
     def __init__(self, tasks: Sequence[RLTask], per_task: int):
-        args = dict(tasks[0].env_args)
-        name, seed = str(args["env_name"]), int(args["benchmark_seed"])
-        benchmark = ml1(name, seed)
+        resolved = [benchmark_task(t) for t in tasks]
+        need = Counter(name for name, _ in resolved)
+        pools = {name: iter(instances(name, n * per_task)) for name, n in need.items()}
         self.shape = (len(tasks), per_task)
-        self.envs = instances(name, seed, len(tasks) * per_task)
-        sets = {0: benchmark.train_tasks, 1: benchmark.test_tasks}
-        for i, env in enumerate(self.envs):
-            which, index = tasks[i // per_task].params
-            env.set_task(sets[int(which)][int(index)])
+        self.envs = []
+        for name, mw_task in resolved:
+            for _ in range(per_task):
+                env = next(pools[name])
+                env.set_task(mw_task)
+                self.envs.append(env)
+        _LARGEST["batch"] = max(_LARGEST["batch"], len(self.envs))
+        trim_pool({name: n * per_task for name, n in need.items()}, _LARGEST["batch"] * 3 // 2)
         self.observation_dim = int(self.envs[0].observation_space.shape[0])
         self.success = np.zeros(self.shape, dtype=bool)
 

@@ -8,6 +8,9 @@ over `queries` rollouts of the adapted policy, with the KL trust region on the a
 gradients and Fisher-vector products are taken through the inner step (second order), or with
 the inner gradient held constant (`first_order: true`). `outer: adam` instead hands the
 surrogate's meta-gradient to the trainer's optimiser (a vanilla policy-gradient outer loop);
+`outer: ppo` takes `ppo_epochs` steps of the trainer's optimiser on PPO's clipped surrogate
+(Schulman et al. 2017) of the adapted policy, each through the inner step, the ratio against the
+adapted policy that collected the query rollouts (as MAML-PPO in garage and ProMP's outer loop);
 `outer: none` trains nothing: the random initial policy, adapted at test time (the paper's
 "random" baseline).
 
@@ -72,23 +75,36 @@ def adapt_step(
     return {name: v - lr * g for (name, v), g in zip(params.items(), grads)}
 
 
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip: float) -> torch.Tensor:
+    """PPO's clipped objective per step (Schulman et al. 2017, eq. 7), to maximise:
+    min(r Â, clip(r, 1 - clip, 1 + clip) Â) with r = π/π_old = exp(logp - old_logp); all (...) -> (...).
+    Where r has left [1 - clip, 1 + clip] in the direction of Â (r > 1 + clip with Â > 0, r < 1 - clip
+    with Â < 0) the clipped branch is the minimum and constant: that step's gradient is zero."""
+    ratio = torch.exp(logp - old_logp)
+    return torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+
+
+def single_process_message(outer: str) -> str:
+    """A TRPO (or PPO) step needs the whole meta-batch's data in one process; under torchrun each
+    rank would only see its shard (and the ranks' weights would drift apart)."""
+    return f"learner.args.outer = {outer!r} runs in one process; under torchrun use learner.args.outer=adam"
+
+
 def require_single_process(outer: str) -> None:
-    """A TRPO step needs the whole meta-batch's data in one process; under torchrun each rank
-    would only see its shard (and the ranks' weights would drift apart)."""
+    """The same check at the update itself, for code that calls `outer_step` outside the trainer
+    (the trainer refuses such a run before training, through `single_process_reason`)."""
     if (
         torch.distributed.is_available()
         and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
     ):
-        raise FastAdaptError(
-            f"learner.args.outer = {outer!r} runs in one process; under torchrun use learner.args.outer=adam"
-        )
+        raise FastAdaptError(single_process_message(outer))
 
 
 @LEARNERS.register("maml-rl")
 class MAMLRL(Learner):
     """MAML-RL (see the module docstring): `mean_net` maps observations (..., D) to action means
-    (..., A); `outer_step` is the trainer's hook for the TRPO update; `predict(task)` gives the
+    (..., A); `outer_step` is the trainer's hook for the TRPO / PPO update; `predict(task)` gives the
     returns after 0..eval_inner_steps adaptation steps."""
 
     problem = "rl"
@@ -102,7 +118,7 @@ class MAMLRL(Learner):
         eval_later_lr_factor: float = 0.5  # later test-time steps: inner_lr x this (paper A.2: 0.1, then 0.05)
         first_order: bool = False  # hold the inner gradient constant (no second-order terms)
         # none: no meta-training, the random initial policy adapted at test time (a baseline)
-        outer: Literal["trpo", "adam", "none"] = "trpo"  # trpo (the paper's), adam (trainer's optimiser) or none
+        outer: Literal["trpo", "adam", "ppo", "none"] = "trpo"  # trpo (the paper's), adam / ppo (trainer's optimiser)
         gamma: float = 0.99  # discount of the returns the baseline and advantages use
         gae_lambda: float = 1.0  # GAE λ (1: Monte-Carlo returns minus the baseline, as the paper)
         normalize_advantages: bool = True  # zero mean, unit std per task batch (rllab's center_adv)
@@ -112,6 +128,8 @@ class MAMLRL(Learner):
         backtrack_ratio: float = 0.8  # line-search shrink factor
         max_backtracks: int = 15  # line-search tries before the step is rejected
         init_std: float = 1.0  # initial standard deviation of the Gaussian policy
+        ppo_epochs: int = 5  # outer: ppo: optimiser steps on each meta-batch's query rollouts
+        clip: float = 0.2  # outer: ppo: the ratio clip ε (Schulman et al. 2017: 0.2)
 
         def __post_init__(self):
             require(self.inner_lr > 0, "inner_lr", self.inner_lr, "> 0")
@@ -126,6 +144,8 @@ class MAMLRL(Learner):
             require(0 < self.backtrack_ratio < 1, "backtrack_ratio", self.backtrack_ratio, "in (0, 1)")
             require(self.max_backtracks >= 1, "max_backtracks", self.max_backtracks, ">= 1")
             require(self.init_std > 0, "init_std", self.init_std, "> 0")
+            require(self.ppo_epochs >= 1, "ppo_epochs", self.ppo_epochs, ">= 1")
+            require(0 < self.clip < 1, "clip", self.clip, "in (0, 1)")
 
     def __init__(self, mean_net: nn.Module, action_dim: int, **kwargs):
         super().__init__()
@@ -135,6 +155,10 @@ class MAMLRL(Learner):
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(args.init_std)))
         self.eval_inner_steps = args.eval_inner_steps
         self.trpo = TRPOSettings(args.max_kl, args.cg_iters, args.cg_damping, args.backtrack_ratio, args.max_backtracks)
+        if args.outer == "ppo" and type(self).outer_step is not MAMLRL.outer_step:  # e.g. pretrained-rl
+            raise FastAdaptError(
+                f"learner.args.outer: 'ppo' is MAML-RL's; {type(self).__name__} takes trpo, adam or none"
+            )
 
     @classmethod
     def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> MAMLRL:
@@ -143,6 +167,9 @@ class MAMLRL(Learner):
     @property
     def primary_metric(self) -> str:
         return "return"
+
+    def single_process_reason(self) -> str | None:
+        return None if self.args.outer == "adam" else single_process_message(self.args.outer)
 
     # -- pieces --------------------------------------------------------------------------------
     def params(self) -> Params:
@@ -225,8 +252,9 @@ class MAMLRL(Learner):
     def outer_step(
         self, tasks: Sequence[RLTask], progress: tuple[int, int], optimizer: torch.optim.Optimizer | None = None
     ) -> list[dict[str, float]] | None:
-        """The trainer's hook for a custom outer update: one MAML-TRPO step on the meta-batch
-        (None with `outer: adam`, which uses the trainer's backward + optimiser step instead)."""
+        """The trainer's hook for a custom outer update: one MAML-TRPO step (or `ppo_epochs` MAML-PPO
+        steps of `optimizer`) on the meta-batch (None with `outer: adam`, which uses the trainer's
+        backward + optimiser step instead)."""
         if self.args.outer == "adam":
             return None
         require_single_process(self.args.outer)
@@ -241,6 +269,20 @@ class MAMLRL(Learner):
         with torch.no_grad():
             old_logp = pi.per_task(pi.log_prob, self.mean_net, old, query.observations, query.actions, stacked=True)
 
+        if self.args.outer == "ppo":
+            info = self._ppo(data, query, adv, old_logp, optimizer)
+        else:
+            info = self._trpo(params, data, old, query, adv, old_logp)
+        before, after = data[0][0].returns().mean(1), query.returns().mean(1)
+        return [
+            {"loss": info["surrogate_before"], "return": float(after[k]), "return_before": float(before[k]), **info}
+            for k in range(len(tasks))
+        ]
+
+    def _trpo(
+        self, params: Params, data: Data, old: Params, query: Batch, adv: torch.Tensor, old_logp: torch.Tensor
+    ) -> dict:
+        """One TRPO step of `params` in place on the post-adaptation surrogate, through the inner step."""
         names = list(params)
 
         def adapt(values: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -251,12 +293,30 @@ class MAMLRL(Learner):
             kl = pi.per_task(pi.kl, self.mean_net, old, new, query.observations, stacked=True)
             return self._surrogate(new, query, adv, old_logp).mean(), masked_task_mean(kl, query.mask).mean()
 
-        info = trpo_step(adapt, loss_and_kl, list(params.values()), self.trpo)
-        before, after = data[0][0].returns().mean(1), query.returns().mean(1)
-        return [
-            {"loss": info["surrogate_before"], "return": float(after[k]), "return_before": float(before[k]), **info}
-            for k in range(len(tasks))
-        ]
+        return trpo_step(adapt, loss_and_kl, list(params.values()), self.trpo)
+
+    def _ppo(self, data: Data, query: Batch, adv: torch.Tensor, old_logp: torch.Tensor, optimizer) -> dict:
+        """`ppo_epochs` steps of `optimizer` on -mean clipped_surrogate of the adapted policy, re-adapted
+        from the live parameters on the stored support rollouts at every step (so each gradient goes
+        through the inner step); `old_logp` is the collecting (adapted) policy's. Returns the first
+        step's surrogate, the largest |ratio - 1| there (0: the replay reproduces the collecting
+        policy) and the fraction of alive query steps clipped at the last step."""
+        if optimizer is None:
+            raise FastAdaptError("learner.args.outer = 'ppo' needs the trainer's optimiser; call outer_step with one")
+        eps, mask, first = self.args.clip, query.mask, {}
+        for epoch in range(self.args.ppo_epochs):
+            adapted = self.replay(self.params(), data)
+            logp = pi.per_task(pi.log_prob, self.mean_net, adapted, query.observations, query.actions, stacked=True)
+            loss = -masked_task_mean(clipped_surrogate(logp, old_logp, adv, eps), mask).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                deviation = ((logp - old_logp).exp() - 1).abs()
+                if epoch == 0:
+                    first = {"surrogate_before": loss.item(), "ratio_deviation": float((deviation * mask).max())}
+        clipped = float(((deviation > eps).float() * mask).sum() / mask.sum().clamp_min(1))
+        return {**first, "clip_fraction": clipped}
 
     # -- evaluation ------------------------------------------------------------------------------
     def predict(self, task: RLTask) -> torch.Tensor:
@@ -293,5 +353,6 @@ class MAMLRL(Learner):
             "inner_lr": a.inner_lr,
             "order": "first" if a.first_order else "second",
             "outer": a.outer,
+            **({"ppo_epochs": a.ppo_epochs, "clip": a.clip} if a.outer == "ppo" else {}),
             "test_time": "vanilla policy-gradient steps, shots rollouts each; returns on queries rollouts",
         }

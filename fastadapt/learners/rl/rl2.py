@@ -89,6 +89,9 @@ class RL2(Learner):
     def primary_metric(self) -> str:
         return "return"
 
+    def single_process_reason(self) -> str | None:
+        return "RL2 trains with PPO on the whole meta-batch in one process; run it without torchrun / --nproc"
+
     def step(self, x: torch.Tensor, h: torch.Tensor, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One GRU step on (B, D_in) inputs; rows that are not alive keep their hidden state.
         Returns (new hidden (B, H), action mean (B, A))."""
