@@ -101,7 +101,8 @@ Engine = Literal["auto", "serial", "fork", "vmap"]  # fastadapt.engine.ENGINES
 
 @dataclass
 class TrainConfig:
-    steps: int = ranged(1000, 1)
+    # 0: no meta-training, the learner's initial weights are tested (a pretrained encoder fine-tuned per task)
+    steps: int = ranged(1000, 0)
     meta_batch: int = ranged(1, 1)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     optimizer: Optimizer = "adam"

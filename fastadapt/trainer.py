@@ -49,9 +49,9 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_schedule
     if cfg.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     if cfg.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.steps, eta_min=cfg.lr_min)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.steps), eta_min=cfg.lr_min)
     if cfg.lr_schedule == "linear":  # to zero at the last step (Reptile's annealed meta step size)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / cfg.steps))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(1, cfg.steps)))
     raise FastAdaptError(f"unknown train.lr_schedule {cfg.lr_schedule!r}; choose constant, step, cosine or linear")
 
 
@@ -213,9 +213,11 @@ class Trainer:
 
     def _nothing_to_train(self, test: bool) -> dict | None:
         """A learner without trainable parameters (a frozen encoder's ProtoNet, logistic regression
-        on the support set) skips meta-training: zero steps, its (parameter-free) state saved as the
-        selected weights, then the test episodes as for any run."""
-        self._log(f"{self.config.name}: {type(self.learner).__name__} has no trainable parameters; no meta-training")
+        on the support set), or `train.steps: 0` (a pretrained encoder fine-tuned per task, without
+        meta-training), skips meta-training: zero steps, its initial state saved as the selected
+        weights, then the test episodes as for any run."""
+        why = "train.steps is 0" if self.config.train.steps == 0 else "it has no trainable parameters"
+        self._log(f"{self.config.name}: {type(self.learner).__name__} is not meta-trained ({why})")
         if not self.dist.is_main:
             return None
         save_finite_weights(
@@ -232,7 +234,7 @@ class Trainer:
         agreed(self.dist, self._claim_run_dir, main_only=True)
         agreed(self.dist, self._resume)  # every rank reads the same checkpoint
         check_same_start(self.dist, self.state["step"], self.learner)
-        if not any(p.requires_grad for p in self.learner.parameters()):
+        if cfg.steps == 0 or not any(p.requires_grad for p in self.learner.parameters()):
             return self._nothing_to_train(test)
         val_set = None
         if self.config.data.val_split and self.dist.is_main:  # torchrun: rank 0 validates, the others wait

@@ -238,10 +238,11 @@ job_tune-maml-sinusoid() {
 # 5-way 1-/5-shot, 5 queries, 600 fixed test episodes on the test intents, all on frozen
 # all-MiniLM-L6-v2 embeddings (computed once, cached): ProtoNets and logistic regression (nothing
 # to meta-train: 0 steps), MAML on a linear head, ANIL (MLP body + adapted head) and a
-# ProtoNet-trained MLP adapter (the presets' own short schedules). Other class splits:
-# --set data.args.class_split=K.
+# ProtoNet-trained MLP adapter (the presets' own short schedules); on token ids, the encoder's top
+# two layers fine-tuned per episode (finetune-encoder, 0 steps) or meta-trained with the ProtoNet
+# loss (metatrain-encoder). Other class splits: --set data.args.class_split=K.
 TEXT_JOBS=()
-for preset in {protonet,logreg,maml-head,anil,protonet-adapter}-{banking77,clinc150}-5w{1,5}s; do
+for preset in {protonet,logreg,maml-head,anil,protonet-adapter,finetune-encoder,metatrain-encoder}-{banking77,clinc150}-5w{1,5}s; do
   eval "job_$preset() { train $preset $preset; keep $preset; }"
   TEXT_JOBS+=("$preset")
 done

@@ -227,7 +227,7 @@ def test_valid_values_are_accepted(key):
         ("train.lr_gamma=0", "train.lr_gamma must be a finite number in (0, 1], got 0"),
         ("train.momentum=1", "train.momentum must be a finite number in [0, 1), got 1"),
         ("train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-        ("train.steps=true", "train.steps must be int (an integer >= 1), got True"),
+        ("train.steps=true", "train.steps must be int (an integer >= 0), got True"),
     ],
 )
 def test_issue_examples(setting, message, tmp_path):
@@ -322,6 +322,6 @@ def test_predict_adapt_steps_checked_before_loading(tmp_path):
 
 def test_config_built_in_code_is_checked_too():
     config = Config()
-    config.train.steps = 0
-    with pytest.raises(FastAdaptError, match="train.steps must be an integer >= 1, got 0"):
+    config.train.steps = -1
+    with pytest.raises(FastAdaptError, match="train.steps must be an integer >= 0, got -1"):
         check_config(config)

@@ -159,3 +159,22 @@ def test_maml_sinusoid_learns_to_adapt(tmp_path):
     after = trainer.fit()["mse"]
     # An untrained net predicts ~0 (MSE ~ E[A^2]/2 ~ 4.2); 300 meta-steps already cut that by >20%.
     assert after < 0.8 * before, (before, after)
+
+
+def test_zero_steps_tests_the_initial_weights(tmp_path):
+    """`train.steps: 0` (a pretrained model fine-tuned per task, no meta-training): nothing is
+    updated, the initial weights are saved as the selected ones and scored on the test tasks,
+    exactly as `evaluate` scores the untrained learner."""
+    import torch
+    from safetensors.torch import load_file
+
+    from fastadapt.evaluate import evaluate
+
+    config = load_config("maml-sinusoid-5shot", ["train.steps=0", "eval.episodes=20"])
+    trainer = Trainer(config, tmp_path, quiet=True)
+    initial = {k: v.detach().clone() for k, v in trainer.learner.state_dict().items()}
+    expected = evaluate(trainer.learner, trainer.suite.fixed_set("test", None, 5, 100, 20, 1234), trainer.device)
+    result = trainer.fit()
+    saved = load_file(str(tmp_path / "best.safetensors"))
+    assert saved.keys() == initial.keys() and all(torch.equal(saved[k], initial[k]) for k in saved)
+    assert result["mse"] == pytest.approx(expected["mean"], rel=1e-12) and result["train_steps"] == 0
