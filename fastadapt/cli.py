@@ -78,11 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     ev = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes (mean ± 95%% CI)")
-    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ev.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder written by `fastadapt train`")
     ev.add_argument("--episodes", type=int, help="number of test episodes (default: the run's eval.episodes)")
-    ev.add_argument("--ways", type=int)
-    ev.add_argument("--shots", type=int)
-    ev.add_argument("--queries", type=int)
+    ev.add_argument("--ways", type=int, help="classes per test episode (default: the run's eval.ways)")
+    ev.add_argument("--shots", type=int, help="support examples per class (default: the run's eval.shots)")
+    ev.add_argument("--queries", type=int, help="query examples per class (default: the run's eval.queries)")
     ev.add_argument("--seed", type=int, help="seed of the fixed test episodes (default: the run's eval.seed)")
     ev.add_argument("--adapt-steps", type=int, help="test-time gradient steps (MAML family, fine-tuning baselines)")
     ev.add_argument(
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         help="data setting of the evaluation dataset (repeatable)",
     )
     ev.add_argument("--split", help="split to test on (default: the run's test split; `all` or `test` with --data)")
-    ev.add_argument("--data-root", type=Path)
+    ev.add_argument("--data-root", type=Path, help="data folder (default: $FASTADAPT_DATA, then the user cache)")
 
     pr = sub.add_parser(
         "predict",
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Adapt the run's model to SUPPORT exactly as evaluation does, then label every "
         "QUERY: one CSV row per query with the predicted label and each class's probability.",
     )
-    pr.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    pr.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a classification run folder (`fastadapt train`)")
     pr.add_argument(
         "--support",
         required=True,
@@ -124,11 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--out", type=Path, help="write the predictions CSV here (default: print it)")
     pr.add_argument("--adapt-steps", type=int, help="test-time gradient steps (MAML family, fine-tuning baselines)")
-    pr.add_argument("--data-root", type=Path)
+    pr.add_argument("--data-root", type=Path, help="data folder (default: $FASTADAPT_DATA, then the user cache)")
 
     lake = sub.add_parser("lake", help="score a run on Lake et al.'s 20-run one-shot benchmark (all_runs.zip)")
-    lake.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    lake.add_argument("--data-root", type=Path)
+    lake.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="an Omniglot run folder (scored 20-way 1-shot)")
+    lake.add_argument("--data-root", type=Path, help="data folder (default: $FASTADAPT_DATA, then the user cache)")
 
     add_tune_parser(sub)
 
@@ -175,6 +175,9 @@ def _train(args) -> int:
                 _print_result(read_result(run_dir / "eval.json", run_dir))  # damaged: one line naming it
             return 0
     if args.nproc is not None:
+        from .config_checks import check_ranks
+
+        check_ranks(config, args.nproc)  # one line before torchrun starts any rank
         return launch(args, config.train.meta_batch)
     from .trainer import Trainer  # here: `--nproc` starts ranks without importing what they import
 
@@ -240,10 +243,18 @@ def _print_result(result: dict) -> None:
     value, ci = result[metric], result["ci95"]
     shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric in PERCENT_METRICS else f"{value:.4f} ± {ci:.4f}"
     task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
-    print(
-        f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
-        f"{result['episodes']} episodes, seed {result['seed']}, BN {result.get('bn_mode', 'none')})"
-    )
+    if metric == "return":  # meta-RL: tasks are environments, shots and queries are rollouts
+        steps = result.get("adapt_steps")
+        print(
+            f"{result['method']} {result['dataset']}: test return {shown} after {steps} adaptation "
+            f"step{'' if steps == 1 else 's'} (95% CI, {result['episodes']} tasks, {result['shots']} rollouts per "
+            f"step, {result['queries']} scored, seed {result['seed']}; eval.json: after each step)"
+        )
+    else:
+        print(
+            f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
+            f"{result['episodes']} episodes, seed {result['seed']}, BN {result.get('bn_mode', 'none')})"
+        )
     if result.get("diverged_episodes"):
         steps = f" after {result['adapt_steps']} steps" if result.get("adapt_steps") else ""
         print(

@@ -13,6 +13,21 @@ def _rl_learners() -> list[str]:
     return [n for n in LEARNERS.names() if getattr(LEARNERS.get(n), "problem", None) == "rl"]
 
 
+def check_ranks(config: Config, world_size: int) -> None:
+    """Learners whose outer update needs the whole meta-batch in one process (TRPO, PPO) refuse
+    `world_size` > 1 ranks: one line, before torchrun starts any rank (`--nproc`) or, under an
+    outside torchrun, before any rank trains."""
+    if world_size <= 1:
+        return
+    from .learners.base import parse_args
+
+    learner_cls = LEARNERS.get(config.learner.name)
+    args = parse_args(learner_cls.Args, config.learner.args) if getattr(learner_cls, "Args", None) else None
+    why = learner_cls.single_process_reason(args) if hasattr(learner_cls, "single_process_reason") else None
+    if why:
+        raise FastAdaptError(why)
+
+
 def check_config(config: Config) -> None:
     """Fail fast, before any data is loaded. Each setting's own range is checked when the config
     is built (fastadapt.config: `ranged`, `matching`, Literal choices); this checks the names of

@@ -200,14 +200,15 @@ def run_predict(
     """The `fastadapt predict` command: returns a summary (counts, accuracy when query labels are given)."""
     from .api import load
 
+    model = load(run_dir, data_root=data_root)
+    if model.problem != "classification":  # before its files are read against the wrong format
+        raise FastAdaptError(
+            f"{run_dir} is {'an RL' if model.problem == 'rl' else 'a ' + model.problem} run; "
+            "`fastadapt predict` labels inputs with a classification run"
+        )
     text = is_text_run(run_dir)
     paths, labels = read_text_support(support) if text else read_support(support)
     queries, truth = read_text_queries(query) if text else read_queries(query)
-    model = load(run_dir, data_root=data_root)
-    if model.problem != "classification":
-        raise FastAdaptError(
-            f"{run_dir} is a {model.problem} run; `fastadapt predict` labels inputs with a classification run"
-        )
     task = model.adapt(paths, labels, adapt_steps=adapt_steps)
     proba = task.predict_proba(queries)
     predicted = [task.classes[i] for i in proba.argmax(1)]

@@ -29,7 +29,11 @@ def plot_learning_curve(path: Path, history: list[dict], metric: str, title: str
     steps = [r["step"] for r in history if r.get("train_loss") is not None]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(steps, [r["train_loss"] for r in history if r.get("train_loss") is not None])
-    ax_loss.set(xlabel="meta-training step", ylabel="training loss", yscale="log", title="loss")
+    positive = all(r["train_loss"] > 0 for r in history if r.get("train_loss") is not None)
+    # a log scale for losses that are positive (cross-entropy, MSE); RL surrogates can be <= 0
+    ax_loss.set(
+        xlabel="meta-training step", ylabel="training loss", yscale="log" if positive else "linear", title="loss"
+    )
     train = [(r["step"], r["train_metric"]) for r in history if r.get("train_metric") is not None]
     val = [(r["step"], r["val_metric"], r["val_ci95"]) for r in history if r.get("val_metric") is not None]
     if train:

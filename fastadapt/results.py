@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from .errors import FastAdaptError
@@ -67,8 +68,10 @@ def _records(run_dirs: list[Path]) -> list[dict]:
     records = []
     for run_dir in run_dirs:
         files = sorted(Path(run_dir).glob("eval*.json"))
-        if not files:
-            raise FastAdaptError(f"{run_dir} has no eval.json; train or evaluate it first (`fastadapt eval {run_dir}`)")
+        if not files:  # a glob such as runs/* also names runs still training, or folders that are not runs
+            what = "has no eval.json yet" if (Path(run_dir) / "config.yaml").is_file() else "is not a run folder"
+            warnings.warn(f"{run_dir} {what}; left out of the table (train it, or `fastadapt eval` it, first)")
+            continue
         for path in files:
             record = read_result(path, run_dir)
             record["run"] = str(run_dir)
@@ -78,6 +81,10 @@ def _records(run_dirs: list[Path]) -> list[dict]:
             record = read_result(lake, run_dir)
             trained = {k: records[-1].get(k) for k in ("train_steps", "train_seconds", "overrides", "machine")}
             records.append({**trained, **record, "run": str(run_dir), "benchmark": "Lake 20-run (20-way 1-shot)"})
+    if run_dirs and not records:
+        raise FastAdaptError(
+            f"none of the {len(run_dirs)} folders holds a result (eval.json); train or `fastadapt eval` them first"
+        )
     return records
 
 

@@ -75,6 +75,7 @@ def run_lock(run_dir: str | Path):
             _held[key][1] -= 1
         return
     path = run_dir / LOCK_NAME
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, file_mode())
@@ -99,7 +100,19 @@ def run_lock(run_dir: str | Path):
     finally:
         entry = _held.pop(key, None)
         if entry is not None:
+            if created:  # refused before anything was written (bad data, bad ranks): leave no folder behind
+                _remove_if_only_lock(run_dir, path)
             os.close(entry[0])
+
+
+def _remove_if_only_lock(run_dir: Path, path: Path) -> None:
+    """Remove a folder this process created that holds nothing but its lock (unlinked while still held)."""
+    try:
+        if os.listdir(run_dir) == [LOCK_NAME]:
+            path.unlink()
+            run_dir.rmdir()
+    except OSError:
+        pass  # someone else wrote into it meanwhile: it stays
 
 
 def process_start_time() -> float:

@@ -20,7 +20,7 @@ import yaml
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, settings_fingerprint
 from .config import Config, config_from_dict
-from .config_checks import check_config
+from .config_checks import check_config, check_ranks
 from .data import build_suite
 from .distributed import agreed, check_same_start, held_by_main
 from .distributed import setup as setup_distributed
@@ -228,8 +228,7 @@ class Trainer:
 
     def _fit(self, stop_after: int | None, on_validation=None, test: bool = True) -> dict | None:
         cfg = self.config.train
-        if self.dist.world_size > 1 and (why := self.learner.single_process_reason()):
-            raise FastAdaptError(why)  # every rank reaches the same verdict, before any collective or write
+        agreed(self.dist, lambda: check_ranks(self.config, self.dist.world_size))  # printed once, from rank 0
         agreed(self.dist, self.suite.check)  # data errors come before the run folder is claimed with config.yaml
         agreed(self.dist, self._claim_run_dir, main_only=True)
         agreed(self.dist, self._resume)  # every rank reads the same checkpoint

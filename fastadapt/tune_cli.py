@@ -47,7 +47,12 @@ def add_tune_parser(sub) -> None:
     )
     tune.add_argument("--study", metavar="NAME", help="study name (default: <preset name>-tune)")
     tune.add_argument("--workers", type=int, default=1, metavar="K", help="worker processes on this machine")
-    tune.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    tune.add_argument(
+        "--pruner",
+        default="median",
+        choices=["median", "hyperband", "none"],
+        help="stop unpromising trials at a validation (Optuna's MedianPruner or HyperbandPruner; default median)",
+    )
     tune.add_argument(
         "--heartbeat", type=int, default=10, metavar="SECONDS", help="a trial silent for 2x this is failed and retried"
     )
@@ -60,7 +65,7 @@ def add_tune_parser(sub) -> None:
         help="a setting of every trial and of the full run from the best trial (repeatable)",
     )
     tune.add_argument("--out", type=Path, help="study folder (default: runs/<study name>)")
-    tune.add_argument("--data-root", type=Path)
+    tune.add_argument("--data-root", type=Path, help="data folder (default: $FASTADAPT_DATA, then the user cache)")
     tune.add_argument("--quiet", action="store_true", help="no per-trial log lines")
 
 

@@ -103,7 +103,18 @@ def test_train_eval_and_lake_on_a_background_run(real_data_root, tmp_path, capsy
     assert lake["trials"] == 400 and lake["clean"] and 0.0 <= lake["accuracy"] <= 1.0
     assert "Lake 20-run" in out.out and "warning" not in out.err
 
-    assert main(["results", str(run), "--out", str(tmp_path / "RESULTS.md")]) == 0
+    # A glob over a runs folder also names a run still training and a folder that is not a run:
+    # both are left out with a warning, not an error that loses the whole table.
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "config.yaml").write_text((run / "config.yaml").read_text())
+    (tmp_path / "other").mkdir()
+    folders = [str(run), str(tmp_path / "training"), str(tmp_path / "other")]
+    with pytest.warns(UserWarning) as caught:
+        assert main(["results", *folders, "--out", str(tmp_path / "RESULTS.md")]) == 0
+    shown = " ".join(str(w.message) for w in caught)
+    assert "training has no eval.json yet; left out" in shown and "other is not a run folder; left out" in shown
+    assert main(["results", *folders[1:]]) == 2  # nothing at all to show: an error
+    assert "none of the 2 folders holds a result" in capsys.readouterr().err
     table = (tmp_path / "RESULTS.md").read_text()
     main_record = json.loads((run / "eval.json").read_text())
     assert f"{100 * main_record['accuracy']:.2f} ± {100 * main_record['ci95']:.2f}" in table

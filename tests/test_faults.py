@@ -414,3 +414,18 @@ def test_one_run_per_folder(tmp_path, capsys):
         first.wait(timeout=30)
     with run_lock(run):  # released with its holder
         assert (run / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_a_run_refused_before_writing_leaves_no_folder(tmp_path):
+    """A folder the lock created and nothing else wrote into (a run refused for its data or its
+    ranks) is removed with the lock; a folder with a file in it, or one that existed, stays."""
+    with run_lock(tmp_path / "refused"):
+        assert (tmp_path / "refused" / ".lock").is_file()
+    assert not (tmp_path / "refused").exists()
+    with run_lock(tmp_path / "written"):
+        (tmp_path / "written" / "config.yaml").write_text("x: 1\n")
+    assert sorted(p.name for p in (tmp_path / "written").iterdir()) == [".lock", "config.yaml"]
+    (tmp_path / "existing").mkdir()
+    with run_lock(tmp_path / "existing"):
+        pass
+    assert (tmp_path / "existing" / ".lock").is_file()

@@ -249,3 +249,13 @@ def test_cross_domain_eval_on_an_image_folder(protonet_run, shapes, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "(3, 28, 28)" in err and "(1, 28, 28)" in err
+
+
+def test_predict_refuses_a_regression_run_before_reading_its_files(tmp_path, capsys):
+    """A sinusoid run (no meta-training needed for this: train.steps=0) cannot label inputs: one
+    line naming the run's kind, before the support file is read (it does not exist here)."""
+    run = tmp_path / "sinusoid"
+    Trainer(load_config("maml-sinusoid-5shot", ["train.steps=0", "eval.episodes=5"]), run, quiet=True).fit()
+    code = main(["predict", str(run), "--support", str(tmp_path / "missing.csv"), "--query", str(tmp_path / "q.csv")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"{run} is a regression run;" in err[0], err

@@ -255,7 +255,7 @@ def test_whole_meta_batch_updates_are_refused_on_several_ranks_before_training(t
     from fastadapt.distributed import Context
 
     trainer = Trainer(load_config("maml-trpo-point2d", TINY + overrides), tmp_path / "run", quiet=True)
-    reason = trainer.learner.single_process_reason()
+    reason = type(trainer.learner).single_process_reason(trainer.learner.args)
     assert (reason is None) == accepted
     if accepted:
         return
@@ -263,3 +263,15 @@ def test_whole_meta_batch_updates_are_refused_on_several_ranks_before_training(t
     with pytest.raises(FastAdaptError, match="runs in one process; under torchrun use learner.args.outer=adam"):
         trainer.fit()
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_nproc_refuses_trpo_in_one_line_before_starting_ranks(tmp_path, capsys):
+    from fastadapt.cli import main
+
+    code = main(["train", "maml-trpo-point2d", "--nproc", "2", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [
+        "fastadapt train: error: learner.args.outer = 'trpo' runs in one process; "
+        "under torchrun use learner.args.outer=adam"
+    ], err
+    assert not (tmp_path / "run").exists()  # no rank started, nothing written

@@ -78,6 +78,6 @@ def test_tiny_ppo_run_trains_and_resumes_bitwise(tmp_path):
 
 def test_ppo_is_refused_on_several_ranks_and_by_learners_with_their_own_update():
     learner, _ = _learner("learner.args.outer=ppo")
-    assert "'ppo'" in learner.single_process_reason()
+    assert "'ppo'" in type(learner).single_process_reason(learner.args)
     with pytest.raises(FastAdaptError, match="learner.args.outer: 'ppo' is MAML-RL's"):
         _learner("learner.name=pretrained-rl", "learner.args.outer=ppo")

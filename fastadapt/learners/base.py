@@ -92,9 +92,11 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
     #: commented. None only for third-party learners, whose `build` then gets the raw mapping.
     Args: type | None = None
 
-    def single_process_reason(self) -> str | None:
-        """Why this learner, with these settings, cannot train on several torchrun ranks (a one-line
-        error naming the setting to change), or None. The trainer checks it before training: a
+    @classmethod
+    def single_process_reason(cls, args) -> str | None:
+        """Why this learner with these settings (`args`: its parsed `Args`, None for learners
+        without) cannot train on several torchrun ranks: a one-line error naming the setting to
+        change, or None. Checked before any rank starts (`fastadapt.config_checks.check_ranks`): a
         custom outer update that needs the whole meta-batch (TRPO, PPO) returns a reason."""
         return None
 

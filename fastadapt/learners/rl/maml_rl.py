@@ -168,8 +168,9 @@ class MAMLRL(Learner):
     def primary_metric(self) -> str:
         return "return"
 
-    def single_process_reason(self) -> str | None:
-        return None if self.args.outer == "adam" else single_process_message(self.args.outer)
+    @classmethod
+    def single_process_reason(cls, args) -> str | None:
+        return None if args.outer == "adam" else single_process_message(args.outer)
 
     # -- pieces --------------------------------------------------------------------------------
     def params(self) -> Params:

@@ -89,7 +89,8 @@ class RL2(Learner):
     def primary_metric(self) -> str:
         return "return"
 
-    def single_process_reason(self) -> str | None:
+    @classmethod
+    def single_process_reason(cls, args) -> str | None:
         return "RL2 trains with PPO on the whole meta-batch in one process; run it without torchrun / --nproc"
 
     def step(self, x: torch.Tensor, h: torch.Tensor, alive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
