@@ -185,8 +185,8 @@ job_text-fullway() {
 # budget) at its step-50 checkpoint, scored by `$PY scripts/eval_last_checkpoint.py
 # runs/maml-trpo-point2d`; running the job again resumes it towards 100 of the paper's 500.
 job_maml-trpo-point2d() { train maml-trpo-point2d maml-trpo-point2d --set train.steps=100; keep maml-trpo-point2d; }
-# The preset's full 500 iterations (the paper's length): about 12 s per iteration on one core
-# beside one other single-threaded job (1 h 40 min, then 3 min of test).
+# The preset's full 500 iterations (the paper's length): 9-15 s per iteration on one core
+# beside one other single-threaded job (90 min, then 1 min of test).
 job_maml-trpo-point2d-full() { OMP_NUM_THREADS=1 train maml-trpo-point2d-full maml-trpo-point2d; keep maml-trpo-point2d-full; }
 # Baselines with the same test protocol: the random initial policy adapted by the same steps
 # (outer: none, nothing is trained), and one policy pretrained on all tasks jointly by TRPO.
