@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from helpers import RL_TINY as TINY
+from helpers import straight_and_resumed
 
 from fastadapt.config import load_config
 from fastadapt.errors import FastAdaptError
@@ -143,39 +145,6 @@ def test_trpo_step_improves_the_surrogate_inside_the_trust_region():
 
 
 # ------------------------------------------------------------------------------ end to end
-
-TINY = [
-    "train.steps=4",
-    "train.meta_batch=2",
-    "train.episodes.shots=3",
-    "train.episodes.queries=3",
-    "train.checkpoint_every=2",
-    "train.log_every=1",
-    "eval.episodes=3",
-    "eval.shots=3",
-    "eval.queries=3",
-    "data.args.horizon=8",
-    "model.backbone_args.hidden=[8]",
-    "learner.args.cg_iters=3",
-]
-
-
-def _weights(run_dir):
-    from safetensors.torch import load_file
-
-    return load_file(str(run_dir / "best.safetensors"))
-
-
-def straight_and_resumed(config, tmp_path) -> tuple[dict, dict]:
-    """The run uninterrupted (tmp_path/a) and stopped after 2 steps, then resumed (tmp_path/b): the
-    same weights bitwise and the same result. Returns a's result and weights."""
-    straight = Trainer(config, tmp_path / "a", quiet=True).fit()
-    assert Trainer(config, tmp_path / "b", quiet=True).fit(stop_after=2) is None
-    resumed = Trainer(config, tmp_path / "b", quiet=True).fit()
-    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert straight["return"] == resumed["return"] and math.isfinite(straight["return"])
-    return straight, a
 
 
 def test_tiny_meta_rl_run_resumes_exactly_and_reports_every_adaptation_step(tmp_path):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_rl_maml import TINY, straight_and_resumed
+from helpers import RL_TINY as TINY
+from helpers import straight_and_resumed
 
 from fastadapt.config import load_config
 from fastadapt.data import build_suite
