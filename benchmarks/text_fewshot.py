@@ -38,6 +38,7 @@ import torch
 from fastadapt.text.encoder import DEFAULT_ENCODER, embed, resolve_encoder
 from fastadapt.text.finetune import fit_linear_head
 from fastadapt.text.fullway import (
+    DATASETS,
     SHOTS,
     FullwayData,
     draw_support,
@@ -45,6 +46,7 @@ from fastadapt.text.fullway import (
     load_fullway,
     run_seed,
     summarise,
+    support_set,
 )
 from fastadapt.utils import atomic_write_text
 
@@ -60,12 +62,26 @@ DEFAULTS = {
 }
 
 
-def frozen_cell(data: FullwayData, method: str, shots: int, seed: int, settings: dict) -> dict:
+def at_least(low: int):
+    """An argparse type: an integer >= low (a one-line usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        if not text.lstrip("-").isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def frozen_cell(data: FullwayData, method: str, shots: int, seed: int, settings: dict, label_names: int = 0) -> dict:
     """The frozen-embedding baselines for one seed (accuracy in [0, 1], seconds to fit)."""
     index = draw_support(data.train.labels, shots, seed, data.ways)
     z = torch.from_numpy(embed(data.train.texts))[index]  # the whole train split, embedded (and cached) once
+    texts, labels = support_set(data, shots, seed, label_names)
+    if label_names:
+        z = torch.cat([z, torch.from_numpy(embed(texts[len(index) :]))])
     test_z = torch.from_numpy(embed(data.test.texts))
-    y = torch.from_numpy(data.train.labels[index])
+    y = torch.from_numpy(labels)
     started = time.perf_counter()
     if method == "frozen-logreg":
         weight, bias = fit_linear_head(z, y, data.ways, settings.get("head_l2", 1e-4))
@@ -114,24 +130,37 @@ def setfit_cell(data: FullwayData, shots: int, seed: int, encoder: str) -> dict:
     }
 
 
-def learner_cell(learner, data: FullwayData, shots: int, seed: int) -> dict:
+def learner_cell(learner, data: FullwayData, shots: int, seed: int, label_names: int = 0) -> dict:
     """One seed through `learner.predict`; the learner's mini-batch seed is the protocol's seed. The
     same learner serves every seed, so the frozen bottom layers' query states are computed once."""
     learner.args = dataclasses.replace(learner.args, seed=seed)
-    return run_seed(learner, data, shots, seed, "tokens", learner.args.encoder)
+    return run_seed(learner, data, shots, seed, "tokens", learner.args.encoder, label_names)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["banking77", "clinc150"])
+    parser = argparse.ArgumentParser(
+        description=" ".join(__doc__.split("\n\n")[0].split()), formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--shots", nargs="+", type=int, default=list(SHOTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--shots", nargs="+", type=at_least(1), default=list(SHOTS), help="K: sentences per intent")
+    parser.add_argument(
+        "--seeds", nargs="+", type=at_least(0), default=[0, 1, 2, 3, 4], help="one K-shot draw (and fine-tuning) each"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (2: this machine's cores)")
     parser.add_argument("--settings", action="append", default=[], help="METHOD=JSON overrides of DEFAULTS")
+    parser.add_argument(
+        "--label-names",
+        type=at_least(0),
+        default=0,
+        metavar="COPIES",
+        help="add COPIES of each intent's name to its support sentences (method recorded as METHOD+names)",
+    )
     parser.add_argument("--note", default="", help="why a cell is shortened (fewer seeds/shots), kept in the JSON")
     parser.add_argument("--data-root", default=os.environ.get("FASTADAPT_DATA", "data"))
-    parser.add_argument("--out", type=Path, default=Path("results/text"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("results/text"), help="folder for the cells' JSON (one file per cell)"
+    )
     parser.add_argument(
         "--dev", action="store_true", help="score 1,500 held-out train sentences instead of test (choosing settings)"
     )
@@ -141,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         help="write the cells from the per-seed JSON lines this script printed in an interrupted run (same options)",
     )
     args = parser.parse_args(argv)
+    if args.label_names and "setfit" in args.methods:
+        parser.error("--label-names is not implemented for setfit; run it without")
     collected = []
     if args.collect:
         lines = [json.loads(line) for line in args.collect.read_text().splitlines() if line.startswith("{")]
@@ -148,6 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.settings)}
+    for method, values in overrides.items():  # the learners check their own keys when built
+        unknown = set(values) - set(DEFAULTS.get(method, {})) if method.startswith("frozen-") else set()
+        if method not in METHODS or unknown:
+            parser.error(f"--settings {method}: unknown method or setting {sorted(unknown) or method}")
     args.out.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:
         full = data = load_fullway(args.data_root, dataset)
@@ -163,21 +198,22 @@ def main(argv: list[str] | None = None) -> None:
                 learner = LEARNERS.get(method).build(None, data.ways, **settings)
             for shots in args.shots:
                 name = f"{dataset}-dev" if args.dev else dataset
-                path = args.out / f"{name}_{method}_{shots}shot.json"
-                runs = [r for r in collected if (r["dataset"], r["method"], r["shots"]) == (dataset, method, shots)]
+                shown = f"{method}+names" if args.label_names else method
+                path = args.out / f"{name}_{shown}_{shots}shot.json"
+                runs = [r for r in collected if (r["dataset"], r["method"], r["shots"]) == (dataset, shown, shots)]
                 for seed in [] if args.collect else args.seeds:
                     data = held_out_dev(full, shots, seed) if args.dev else full
                     if method in LEARNER_METHODS:
-                        runs.append(learner_cell(learner, data, shots, seed))
+                        runs.append(learner_cell(learner, data, shots, seed, args.label_names))
                     elif method == "setfit":
                         runs.append(setfit_cell(data, shots, seed, DEFAULT_ENCODER))
                     else:
-                        runs.append(frozen_cell(data, method, shots, seed, settings))
-                    print(json.dumps({"dataset": dataset, "method": method, "shots": shots, **runs[-1]}), flush=True)
+                        runs.append(frozen_cell(data, method, shots, seed, settings, args.label_names))
+                    print(json.dumps({"dataset": dataset, "method": shown, "shots": shots, **runs[-1]}), flush=True)
                     # Written after every seed, so an interrupted run leaves its finished seeds.
-                    write_cell(path, name, method, shots, settings, runs, args)
+                    write_cell(path, name, shown, shots, settings, runs, args)
                 if runs and args.collect:
-                    write_cell(path, name, method, shots, settings, [{**r} for r in runs], args)
+                    write_cell(path, name, shown, shots, settings, [{**r} for r in runs], args)
 
 
 def write_cell(path: Path, dataset: str, method: str, shots: int, settings: dict, runs: list[dict], args) -> None:
@@ -189,6 +225,7 @@ def write_cell(path: Path, dataset: str, method: str, shots: int, settings: dict
         "shots": shots,
         "encoder": DEFAULT_ENCODER,
         "settings": {"num_iterations": 20} if method == "setfit" else settings,
+        "label_names": args.label_names,
         "seeds": [r["seed"] for r in runs],
         "note": args.note,
         "threads": args.threads,

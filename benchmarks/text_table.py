@@ -22,7 +22,16 @@ TITLES = {
     "banking77": "Banking77 (77 intents, 3,080 test sentences)",
     "clinc150": "CLINC150 (150 intents, 4,500 in-scope test sentences)",
 }
-ORDER = ("frozen-ncm", "frozen-logreg", "contrastive-finetune", "encoder-finetune", "setfit")
+# "+names": the intent names added to the support set (`text_fewshot.py --label-names`)
+ORDER = (
+    "frozen-ncm",
+    "frozen-logreg",
+    "frozen-logreg+names",
+    "contrastive-finetune",
+    "encoder-finetune",
+    "encoder-finetune+names",
+    "setfit",
+)
 FULL_SEEDS = 5
 
 
@@ -121,7 +130,9 @@ def table(cells: list[dict]) -> str:
         f"Accuracy in % on the whole official test set, mean ± sample std over seeds 0-{FULL_SEEDS - 1}; "
         f"† = shortened (fewer than {FULL_SEEDS} seeds, to fit the time available). Times: mean wall seconds "
         "of adaptation per seed on this 2-core CPU, the process's CPU seconds where recorded, and the "
-        "1-minute load average (the machine was shared)."
+        "1-minute load average (the machine was shared). +names: the same support set plus copies of each "
+        "intent's name as extra labelled sentences (`text_fewshot.py --label-names`, with the copies recorded "
+        "in each cell's JSON; 3, chosen on held-out train sentences)."
     )
     return "\n".join(out) + "\n"
 

@@ -117,7 +117,9 @@ class FewShotModel:
             )
         if adapt_steps is not None:
             if not hasattr(self.learner, "eval_inner_steps"):
-                raise FastAdaptError(f"{self.config.learner.name} takes no test-time gradient steps; drop adapt_steps")
+                raise FastAdaptError(
+                    f"{self.config.learner.name} takes no test-time gradient steps; drop adapt_steps (--adapt-steps)"
+                )
             if isinstance(adapt_steps, bool) or not isinstance(adapt_steps, int) or adapt_steps < 1:
                 raise FastAdaptError(f"adapt_steps must be a positive integer, got {adapt_steps!r}")
             self.learner.eval_inner_steps = adapt_steps

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from .errors import FastAdaptError
 from .launch import Terminated, launch, raise_terminated, rank
+from .results import print_result
 from .tune_cli import add_tune_parser, from_study, run_tune
 
 EXIT_USAGE = 2
-PERCENT_METRICS = ("accuracy", "success_rate", "f1")  # shown in %
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,8 +95,9 @@ def _parser() -> argparse.ArgumentParser:
         dest="data_settings",
         action="append",
         default=[],
-        metavar="data.KEY=VALUE",
-        help="data setting of the evaluation dataset (repeatable)",
+        metavar="KEY=VALUE",
+        help="data.* setting of the evaluation dataset, or a test-time learner.args.* setting such as "
+        "maml-rl's eval_later_lr_factor (repeatable; recorded in the eval JSON)",
     )
     ev.add_argument("--split", help="split to test on (default: the run's test split; `all` or `test` with --data)")
     ev.add_argument("--data-root", type=Path, help="data folder (default: $FASTADAPT_DATA, then the user cache)")
@@ -172,7 +173,7 @@ def _train(args) -> int:
         if done is not None and done >= config.train.steps:
             if rank() == 0:  # under torchrun, every rank finds it complete; one prints it
                 print(f"{run_dir} is complete ({done} steps); its result:")
-                _print_result(read_result(run_dir / "eval.json", run_dir))  # damaged: one line naming it
+                print_result(read_result(run_dir / "eval.json", run_dir))  # damaged: one line naming it
             return 0
     if args.nproc is not None:
         from .config_checks import check_ranks
@@ -185,7 +186,7 @@ def _train(args) -> int:
     result = trainer.fit()
     if result is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    _print_result(result)
+    print_result(result)
     print(f"run folder: {run_dir}")
     return 0
 
@@ -238,31 +239,6 @@ def _check_options(args, names: tuple[str, ...]) -> None:
             raise FastAdaptError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
 
 
-def _print_result(result: dict) -> None:
-    metric = result.get("metric") or ("accuracy" if "accuracy" in result else "mse")
-    value, ci = result[metric], result["ci95"]
-    shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric in PERCENT_METRICS else f"{value:.4f} ± {ci:.4f}"
-    task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
-    if metric == "return":  # meta-RL: tasks are environments, shots and queries are rollouts
-        steps = result.get("adapt_steps")
-        print(
-            f"{result['method']} {result['dataset']}: test return {shown} after {steps} adaptation "
-            f"step{'' if steps == 1 else 's'} (95% CI, {result['episodes']} tasks, {result['shots']} rollouts per "
-            f"step, {result['queries']} scored, seed {result['seed']}; eval.json: after each step)"
-        )
-    else:
-        print(
-            f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
-            f"{result['episodes']} episodes, seed {result['seed']}, BN {result.get('bn_mode', 'none')})"
-        )
-    if result.get("diverged_episodes"):
-        steps = f" after {result['adapt_steps']} steps" if result.get("adapt_steps") else ""
-        print(
-            f"warning: adaptation diverged{steps} (non-finite {metric}) on {result['diverged_episodes']} of "
-            f"{result['episodes']} test episodes; the mean is not finite"
-        )
-
-
 def _eval(args) -> int:
     from .trainer import evaluate_run
 
@@ -277,10 +253,11 @@ def _eval(args) -> int:
         data_root=args.data_root,
         adapt_steps=args.adapt_steps,
         data=args.data,
-        data_settings=args.data_settings,
+        data_settings=[s for s in args.data_settings if not s.startswith("learner.")],
+        learner_settings=[s for s in args.data_settings if s.startswith("learner.")],
         split=args.split,
     )
-    _print_result(result)
+    print_result(result)
     return 0
 
 

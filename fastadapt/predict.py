@@ -176,7 +176,7 @@ def read_text_support(spec: str | Path) -> tuple[list[str], list[str]]:
             f"support {spec} is a folder, but this run labels sentences; give a CSV, TSV or JSONL file "
             f"with text and label columns"
         )
-    table = read_text_table(spec, "text", "label")
+    table = read_text_table(spec, "text", "label", fix_columns="name the file's columns text and label")
     return table.texts, table.labels
 
 
@@ -190,7 +190,9 @@ def read_text_queries(spec: str) -> tuple[list[str], list[str] | None]:
             f"query {spec} is a folder, but this run labels sentences; give a CSV, TSV or JSONL file "
             f"with a text column, or a .txt file with one sentence per line"
         )
-    table = read_text_table(spec, "text", "label", optional_label=True)
+    table = read_text_table(
+        spec, "text", "label", optional_label=True, fix_columns="name the sentence column text (labels: label)"
+    )
     return table.texts, table.labels
 
 

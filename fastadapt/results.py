@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .errors import FastAdaptError
 
+PERCENT_METRICS = ("accuracy", "success_rate", "f1")  # shown in %
+
 _NUMBER = (int, float)
 #: Keys every result file must hold (the metric's own value is checked besides).
 _EVAL_KEYS = ("preset", "method", "dataset", "shots", "episodes", "seed", "ci95", "train_steps")
@@ -106,6 +108,9 @@ def _benchmark(r: dict) -> str:
         return f"{r['dataset']}{split} {r['ways']}-way {r['shots']}-shot"
     steps = r.get("adapt_steps")
     after = f", {steps} step{'s' if steps != 1 else ''}" if steps else ""
+    after += "".join(f", {key} {value}" for key, value in (r.get("test_settings") or {}).items())
+    if r.get("split", "test") != "test":
+        after += f", {r['split']} tasks"
     if r.get("metric") == "return":  # meta-RL: tasks are environments, shots are rollouts
         return f"{r['dataset']} meta-RL, {r['shots']} rollouts/step{after}"
     return f"{r['dataset']} {r['shots']}-shot regression{after}"
@@ -126,7 +131,7 @@ def _row(r: dict) -> str:
         )
     task = _benchmark(r)
     metric = r.get("metric") or ("accuracy" if "accuracy" in r else "mse")
-    percent = metric in ("accuracy", "success_rate", "f1")
+    percent = metric in PERCENT_METRICS
     if r.get("diverged_episodes"):
         value = f"diverged on {r['diverged_episodes']} of {r['episodes']} episodes"
     elif percent:
@@ -189,3 +194,38 @@ def results_plot(run_dirs: list[str | Path], path: str | Path) -> None:
     fig.tight_layout()
     atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
+
+
+def print_result(result: dict) -> None:
+    """The one-line summary of an eval record that `fastadapt train` / `eval` print (and a warning
+    line when adaptation diverged on some test episodes)."""
+    metric = result.get("metric") or ("accuracy" if "accuracy" in result else "mse")
+    value, ci = result[metric], result["ci95"]
+    shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric in PERCENT_METRICS else f"{value:.4f} ± {ci:.4f}"
+    task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
+    if metric == "return":  # meta-RL: tasks are environments, shots and queries are rollouts
+        steps = result.get("adapt_steps")
+        episodes = (result.get("learner") or {}).get("episodes_per_trial")  # RL²: no gradient steps
+        after = (
+            f"after {steps} adaptation step{'' if steps == 1 else 's'}"
+            if steps is not None
+            else f"in episode {episodes} of each trial"
+        )
+        print(
+            f"{result['method']} {result['dataset']}: return {shown} {after} "
+            f"(95% CI, {result['episodes']} {result['split']} tasks, "
+            f"{result['shots']} rollouts per step, {result['queries']} scored, seed {result['seed']}"
+            + "".join(f", {k} {v}" for k, v in (result.get("test_settings") or {}).items())
+            + "; the JSON: after each step)"
+        )
+    else:
+        print(
+            f"{result['method']} {result['dataset']} {task}: test {metric} {shown} (95% CI, "
+            f"{result['episodes']} episodes, seed {result['seed']}, BN {result.get('bn_mode', 'none')})"
+        )
+    if result.get("diverged_episodes"):
+        steps = f" after {result['adapt_steps']} steps" if result.get("adapt_steps") else ""
+        print(
+            f"warning: adaptation diverged{steps} (non-finite {metric}) on {result['diverged_episodes']} of "
+            f"{result['episodes']} test episodes; the mean is not finite"
+        )

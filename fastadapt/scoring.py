@@ -8,15 +8,19 @@ trainer itself, so it imports nothing from the trainer (no import cycle).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from .config import Config, config_from_dict
 from .errors import FastAdaptError
 from .evaluate import evaluate
+from .learners.base import fields_of, parse_args
 from .utils import atomic_write_text, machine_info
 
 if TYPE_CHECKING:
@@ -78,10 +82,16 @@ def score_run(
     data: str | None = None,
     data_settings: list[str] | None = None,
     split: str | None = None,
+    learner_settings: list[str] | None = None,
 ) -> dict:
     """`fastadapt.trainer.evaluate_run` once the trainer holds the selected weights: the fixed test
-    episodes, the scores, and the eval JSON record (written into `run_dir` and returned)."""
+    episodes, the scores, and the eval JSON record (written into `run_dir` and returned).
+    `learner_settings`: `learner.args.<field>=value` items for the learner's `test_time_args`."""
     config, learner = trainer.config, trainer.learner
+    if ways is not None and learner.problem != "classification":
+        kind = "an RL" if learner.problem == "rl" else f"a {learner.problem}"
+        raise FastAdaptError(f"{run_dir} is {kind} run: its tasks have no ways; drop --ways")
+    changed = apply_test_settings(learner, config.learner.name, learner_settings or [])
     e = config.eval
     ways = e.ways if ways is None else ways
     shots, queries = shots or e.shots, queries or e.queries
@@ -113,6 +123,7 @@ def score_run(
     episodes_tag = tag
     if adapt_steps is not None:
         tag += f"-{adapt_steps}steps"
+    tag += "".join(f"-{key}{value}" for key, value in changed.items())
     test_set.save(run_dir / "episodes" / f"test-{episodes_tag}.npz")
     result = evaluate(learner, test_set, trainer.device)
     record = {
@@ -139,6 +150,7 @@ def score_run(
         "train_seconds": round(trainer.state["elapsed"], 2),
         "episodes_file": f"episodes/test-{episodes_tag}.npz",
         "adapt_steps": getattr(learner, "eval_inner_steps", None),
+        **({"test_settings": changed} if changed else {}),
         "machine": machine_info(trainer.device),
         "reference": {} if prefix else applicable_reference(config, ways, shots, adapt_steps),
         "trained_on": config.data.dataset,
@@ -150,10 +162,37 @@ def score_run(
         (ways, shots, queries, episodes, seed) == (e.ways, e.shots, e.queries, e.episodes, e.seed)
         and adapt_steps is None
         and not prefix
+        and not changed
     )
     name = "eval.json" if own else f"eval-{tag}.json"
     atomic_write_text(run_dir / name, json.dumps(record, indent=2))
     return record
+
+
+def apply_test_settings(learner, name: str, items: list[str]) -> dict:
+    """Set `learner.args.<field>=value` items (values parsed as YAML) on the learner for this test,
+    after checking each field is one of its `test_time_args` and the value passes `Args`'
+    checks. Returns {field: value} for the eval record; one-line errors otherwise."""
+    changes, allowed = {}, getattr(learner, "test_time_args", ())
+    for item in items:
+        key, sep, raw = item.partition("=")
+        field = key.removeprefix("learner.args.")
+        if not sep:
+            raise FastAdaptError(f"--set {item!r} is not key=value (e.g. --set {key}=0.1)")
+        if field == "eval_inner_steps":
+            raise FastAdaptError(f"--set {item!r}: the number of test-time steps is --adapt-steps {raw}")
+        if field == key or field not in allowed:
+            what = f"{name}'s test-time settings are {', '.join(allowed)}" if allowed else f"{name} has none"
+            close = difflib.get_close_matches(field, allowed, n=1)
+            hint = f"; did you mean learner.args.{close[0]}?" if close and field != key else ""
+            raise FastAdaptError(
+                f"--set {item!r}: a trained run can change data.* settings and test-time learner.args "
+                f"({what}); the others need `fastadapt train`{hint}"
+            )
+        changes[field] = yaml.safe_load(raw)
+    if changes:
+        learner.args = parse_args(type(learner.args), {**fields_of(learner.args), **changes})
+    return changes
 
 
 def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], split: str | None, data_root):
@@ -165,21 +204,31 @@ def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], spli
     """
     bad = [s for s in settings if not s.startswith("data.")]
     if bad:
-        raise FastAdaptError(f"--set {bad[0]!r}: only data.* settings can change when evaluating a trained run")
+        raise FastAdaptError(
+            f"--set {bad[0]!r}: a trained run can change data.* settings and test-time learner.args "
+            "when evaluated; the others need `fastadapt train`"
+            + (" (eval.*: use --episodes, --ways, --shots, --queries, --seed)" if bad[0].startswith("eval.") else "")
+        )
+    moved = [s for s in settings if s.startswith("data.dataset=")]
+    if moved:
+        raise FastAdaptError(f"--set {moved[0]!r}: name another dataset with --data DATASET")
     from .config import apply_overrides
     from .registry import DATASETS
 
     suite_cls = DATASETS.get(dataset)
     shape = tuple(trainer.model_info["input_shape"])
-    base = {"dataset": dataset, "image_size": trainer.config.data.image_size, "args": {}}
+    # the run's own dataset keeps every setting it was trained with (horizon, class split, ...);
+    # `settings` then change only what they name
+    same = dataset == trainer.config.data.dataset
+    own = dict(trainer.config.data.args or {}) if same else {}
+    base = {"dataset": dataset, "image_size": trainer.config.data.image_size, "args": own}
     fields = getattr(suite_cls.Args, "__dataclass_fields__", {})
     if len(shape) == 3 and "channels" in fields:
-        base["args"]["channels"] = shape[0]
+        base["args"].setdefault("channels", shape[0])
     if "invert" in fields:  # read the user's images the way `predict` does for this run
         base["args"]["invert"] = bool(getattr(trainer.suite, "inverted_ink", False))
-    # text: encode the sentences as the run's were; on the run's own dataset, keep its class split
-    same = dataset == trainer.config.data.dataset
-    for key in ("encoder", "representation", "max_length") + (("class_split",) if same else ()):
+    # text on another dataset: encode the sentences as the run's were
+    for key in ("encoder", "representation", "max_length"):
         if key in fields and key in (trainer.config.data.args or {}):
             base["args"][key] = trainer.config.data.args[key]
     values = apply_overrides({"data": base}, settings)["data"]

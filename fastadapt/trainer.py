@@ -377,41 +377,17 @@ def load_run(run_dir: str | Path, data_root=None, quiet: bool = True) -> Trainer
 
 
 def evaluate_run(
-    run_dir: str | Path,
-    *,
-    ways: int | None = None,
-    shots: int | None = None,
-    queries: int | None = None,
-    episodes: int | None = None,
-    seed: int | None = None,
-    data_root=None,
-    quiet: bool = True,
-    trainer: Trainer | None = None,
-    adapt_steps: int | None = None,
-    data: str | None = None,
-    data_settings: list[str] | None = None,
-    split: str | None = None,
+    run_dir: str | Path, *, data_root=None, quiet: bool = True, trainer: Trainer | None = None, **options
 ) -> dict:
     """Evaluate a run's selected weights on a fixed, seeded test set; write eval JSON + episodes.
-    `adapt_steps` overrides the number of test-time gradient steps of learners that take them.
-    `data` (a dataset name) with `data_settings` (`data.*=value` items) and `split` evaluates on
-    another dataset (cross-domain), with the same fixed-episode protocol."""
+    `options` are `fastadapt.scoring.score_run`'s: ways, shots, queries, episodes, seed (the run's
+    eval settings by default); adapt_steps (test-time gradient steps of learners that take them);
+    data (a dataset name), data_settings (`data.*=value` items) and split, to evaluate on another
+    dataset (cross-domain) with the same fixed-episode protocol; learner_settings
+    (`learner.args.*=value` items of the learner's `test_time_args`)."""
     run_dir = Path(run_dir)
     if trainer is None:
         trainer = load_run(run_dir, data_root=data_root, quiet=quiet)
     else:
         load_weights(run_dir / "best.safetensors", trainer.learner, trainer.fingerprint)
-    return score_run(
-        trainer,
-        run_dir,
-        ways=ways,
-        shots=shots,
-        queries=queries,
-        episodes=episodes,
-        seed=seed,
-        data_root=data_root,
-        adapt_steps=adapt_steps,
-        data=data,
-        data_settings=data_settings,
-        split=split,
-    )
+    return score_run(trainer, run_dir, data_root=data_root, **options)

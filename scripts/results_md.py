@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from fastadapt.results import results_table
-from fastadapt.rl.report import rl_plot, rl_records, rl_table
+from fastadapt.rl.report import rl_plot, rl_records, rl_table, success_table
 from fastadapt.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,8 +52,17 @@ def main() -> None:
         parts += [
             "## Meta-RL: return after each adaptation step (mean ± 95% CI over the fixed test tasks)",
             rl_table(rl),
+            "RL² (`rl2`) takes no gradient step: its column k is the return of episode k + 1 of a trial "
+            "(the GRU's memory of the earlier episodes is its adaptation). ML1 returns are Meta-World v3's "
+            "dense rewards over 500 steps.",
             "![return against adaptation steps](results/meta_rl.png)",
         ]
+        if success_table(rl):
+            parts += [
+                "### Meta-World: meta-test success rate (success at any step of a rollout; mean ± 95% CI over "
+                "the test tasks)",
+                success_table(rl),
+            ]
     # generated sections of other jobs (scripts/tune_summary.py: the hyper-parameter search demo)
     parts += [p.read_text().rstrip() for p in sorted(results.glob("*/tune-summary.md"))]
     text_table = results / "text" / "table.md"

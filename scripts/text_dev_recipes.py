@@ -29,20 +29,24 @@ from fastadapt.text.fullway import draw_support, held_out_dev, load_fullway
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=["banking77", "clinc150"])
-    parser.add_argument("variants", help="JSON list of {name, layers, epochs, lr, bs, ls, head_lr, seeds}")
+    parser.add_argument("variants", help="JSON list of {name, layers, epochs, lr, bs, ls, head_lr, seeds, names}")
     parser.add_argument("--seed", type=int, default=0, help="the support set's seed")
     parser.add_argument("--data-root", default=os.environ.get("FASTADAPT_DATA", "data"))
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dev = held_out_dev(load_fullway(args.data_root, args.dataset), 10, args.seed)
     index = draw_support(dev.train.labels, 10, args.seed, dev.ways)
-    ids, y = by_label(
-        torch.from_numpy(tokenize([dev.train.texts[i] for i in index])), torch.from_numpy(dev.train.labels[index])
-    )
+    texts, labels = [dev.train.texts[i] for i in index], list(dev.train.labels[index])
     query_ids = torch.from_numpy(tokenize(dev.test.texts))
     model, pad = load_encoder(DEFAULT_ENCODER), pad_token_id(DEFAULT_ENCODER)
     encoders: dict[int, tuple] = {}
     for v in json.loads(args.variants):
+        # "names": k copies of each class name (underscores as spaces) as extra support sentences
+        names = [n.replace("_", " ") for n in dev.train.class_names] * v.get("names", 0)
+        ids, y = by_label(
+            torch.from_numpy(tokenize(texts + names)),
+            torch.tensor(labels + list(range(dev.ways)) * v.get("names", 0), dtype=torch.int64),
+        )
         layers = v.get("layers", 2)
         if layers not in encoders:
             encoder = TopEncoder(model, layers)

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from fastadapt.checkpoint import read_checkpoint
-from fastadapt.cli import _print_result, main
+from fastadapt.cli import main
 from fastadapt.config import load_config
 from fastadapt.data import omniglot
 from fastadapt.data.episode import Episode
@@ -31,6 +31,7 @@ from fastadapt.errors import FastAdaptError
 from fastadapt.evaluate import better, evaluate
 from fastadapt.learners.base import Learner
 from fastadapt.learners.optimization.maml import MAML
+from fastadapt.results import print_result
 from fastadapt.trainer import Trainer
 
 PRESET = "maml-sinusoid-5shot"
@@ -223,7 +224,7 @@ def test_eval_output_warns_on_non_finite_classification_episodes(capsys):
         "diverged_episodes": 2,
         "adapt_steps": None,
     }
-    _print_result(record)
+    print_result(record)
     out = capsys.readouterr().out
     assert "warning:" in out and "non-finite accuracy) on 2 of 3 test episodes" in out
 

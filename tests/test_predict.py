@@ -231,7 +231,7 @@ def test_cross_domain_eval_on_an_image_folder(protonet_run, shapes, capsys):
     assert len(sorted(protonet_run.glob("eval-imagefolder-all-*-5w1s3q-30ep-seed1234.json"))) == 2
     capsys.readouterr()
     assert main(args + ["--set", "train.steps=3"]) == 2
-    assert "only data.* settings" in capsys.readouterr().err
+    assert "a trained run can change data.* settings and test-time learner.args" in capsys.readouterr().err
     assert (
         main(
             [

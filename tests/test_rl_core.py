@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from fastadapt.learners.rl.maml_rl import inner_loss
 from fastadapt.rl import policy as pi
 from fastadapt.rl.envs import Point2DNav, RLTask
+from fastadapt.rl.objectives import inner_loss
 from fastadapt.rl.returns import (
     advantages,
     discounted_returns,

@@ -15,9 +15,9 @@ from helpers import straight_and_resumed
 
 from fastadapt.config import load_config
 from fastadapt.errors import FastAdaptError
-from fastadapt.learners.rl.maml_rl import adapt_step, inner_loss, masked_task_mean
 from fastadapt.models.backbones import MLP
 from fastadapt.rl import policy as pi
+from fastadapt.rl.objectives import adapt_step, inner_loss, masked_task_mean
 from fastadapt.rl.rollouts import Batch
 from fastadapt.rl.trpo import TRPOSettings, fisher_vector_product, flat, trpo_step, unflat
 from fastadapt.trainer import Trainer
@@ -229,7 +229,9 @@ def test_whole_meta_batch_updates_are_refused_on_several_ranks_before_training(t
     if accepted:
         return
     trainer.dist = Context(rank=0, world_size=2, local_rank=0, local_world_size=2, active=False)
-    with pytest.raises(FastAdaptError, match="runs in one process; under torchrun use learner.args.outer=adam"):
+    with pytest.raises(
+        FastAdaptError, match="runs in one process; with --nproc or torchrun use learner.args.outer=adam"
+    ):
         trainer.fit()
     assert not (tmp_path / "run" / "config.yaml").exists()
 
@@ -241,6 +243,58 @@ def test_nproc_refuses_trpo_in_one_line_before_starting_ranks(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [
         "fastadapt train: error: learner.args.outer = 'trpo' runs in one process; "
-        "under torchrun use learner.args.outer=adam"
+        "with --nproc or torchrun use learner.args.outer=adam"
     ], err
     assert not (tmp_path / "run").exists()  # no rank started, nothing written
+
+
+def test_test_time_step_sizes_change_only_the_steps_they_size_and_are_recorded(tmp_path, capsys):
+    """`fastadapt eval --set learner.args.<test-time setting>`: the fixed test tasks and rollout
+    seeds are the run's, so a later-step factor leaves the returns after 0 and 1 steps exactly as
+    they were and changes those after 2 and 3; the first step's size changes the return after 1.
+    Settings that shape the weights, and out-of-range values, are one-line errors."""
+    from fastadapt.cli import main
+
+    run = tmp_path / "run"
+    Trainer(load_config("maml-trpo-point2d", TINY + ["train.steps=1"]), run, quiet=True).fit()
+    base = json.loads((run / "eval.json").read_text())["other_metrics"]
+    assert main(["eval", str(run), "--set", "learner.args.eval_later_lr_factor=0.1"]) == 0
+    assert "eval_later_lr_factor 0.1" in capsys.readouterr().out
+    (path,) = run.glob("eval-*eval_later_lr_factor0.1.json")
+    record = json.loads(path.read_text())
+    assert record["test_settings"] == {"eval_later_lr_factor": 0.1}
+    later = record["other_metrics"]
+    assert [later[f"return_after_{k}"] for k in (0, 1)] == [base[f"return_after_{k}"] for k in (0, 1)]
+    assert all(later[f"return_after_{k}"]["mean"] != base[f"return_after_{k}"]["mean"] for k in (2, 3))
+    assert json.loads((run / "eval.json").read_text())["other_metrics"] == base  # the run's own result stays
+    assert main(["eval", str(run), "--set", "learner.args.inner_lr=0.05"]) == 0
+    (path,) = run.glob("eval-*inner_lr0.05.json")
+    first = json.loads(path.read_text())["other_metrics"]
+    assert first["return_after_0"] == base["return_after_0"]
+    assert first["return_after_1"]["mean"] != base["return_after_1"]["mean"]
+    # the RL table lists the variant under its run, labelled with the setting
+    from fastadapt.rl.report import rl_records
+
+    labels = [r["label"] for r in rl_records([run])]
+    assert labels == ["run", "run (eval_later_lr_factor 0.1)", "run (inner_lr 0.05)"]
+    capsys.readouterr()
+    for args, message in [
+        (["--set", "learner.args.hidden=3"], "maml-rl's test-time settings are inner_lr, eval_later_lr_factor"),
+        (["--set", "learner.args.eval_later_lr_factr=0.1"], "did you mean learner.args.eval_later_lr_factor?"),
+        (["--set", "learner.args.eval_later_lr_factor"], "is not key=value"),
+        (["--set", "learner.args.eval_inner_steps=2"], "the number of test-time steps is --adapt-steps 2"),
+        (["--set", "learner.args.eval_later_lr_factor=-1"], "eval_later_lr_factor = -1.0 is out of range"),
+        (["--set", "train.steps=3"], "the others need `fastadapt train`"),
+        (["--set", "eval.episodes=3"], "use --episodes"),
+        (["--set", "data.dataset=cheetah-dir"], "name another dataset with --data DATASET"),
+        (["--ways", "5"], "is an RL run: its tasks have no ways; drop --ways"),
+    ]:
+        assert main(["eval", str(run), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+    # the split path keeps every data setting of the run (here its 8-step horizon): on the run's own
+    # test split it reproduces the run's own result exactly
+    assert main(["eval", str(run), "--split", "test"]) == 0
+    (path,) = run.glob("eval-point2d-nav-test-*.json")
+    record = json.loads(path.read_text())
+    assert record["other_metrics"] == base and record["data_args"]["horizon"] == 8

@@ -120,6 +120,12 @@ def test_tiny_maml_trpo_run_on_ml10_end_to_end(tmp_path):
     assert sorted(steps) == ["return_after_0", "return_after_1", "success_rate_after_0", "success_rate_after_1"]
     assert all(0.0 <= steps[f"success_rate_after_{k}"]["mean"] <= 1.0 for k in (0, 1))
     assert record["reference"] == {}  # a 5-step horizon is another task: the paper's figure does not apply
+    from fastadapt.rl.report import rl_records, success_table
+
+    table = success_table(rl_records([tmp_path])).splitlines()  # the generated Meta-World section
+    assert len(table) == 3 and table[0].endswith("| success % after 0 steps | success % after 1 step |")
+    shown = f"{100 * steps['success_rate_after_1']['mean']:.1f} ± {100 * steps['success_rate_after_1']['ci95']:.1f}"
+    assert table[2].endswith(f"| {shown} |") and "ml10" in table[2]
     full = load_config("maml-trpo-ml10")
     assert applicable_reference(full, None, 10)["success_rate_after_1"] == 0.316
 

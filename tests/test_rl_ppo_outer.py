@@ -15,7 +15,7 @@ from fastadapt.config import load_config
 from fastadapt.data import build_suite
 from fastadapt.errors import FastAdaptError
 from fastadapt.learners import build_learner
-from fastadapt.learners.rl.maml_rl import clipped_surrogate, masked_task_mean
+from fastadapt.rl.objectives import clipped_surrogate, masked_task_mean
 from fastadapt.trainer import Trainer
 
 SMALL = ["model.backbone_args.hidden=[8]", "data.args.horizon=6", "train.episodes.shots=3", "train.episodes.queries=4"]

@@ -84,3 +84,22 @@ def test_tiny_rl2_ppo_run(tmp_path):
     with pytest.raises(FastAdaptError, match="RL2 trains with PPO on the whole meta-batch in one process"):
         refused.fit()
     assert not (tmp_path / "ranks" / "config.yaml").exists()
+
+
+def test_meta_world_success_is_recorded_per_episode_and_reset_with_each_episode():
+    """On Meta-World, each episode of a trial has its own success flag (success at any step since
+    that episode's reset); the test metrics are their means. 2D navigation has none (NaN, no metric)."""
+    pytest.importorskip("metaworld")
+    config = load_config("rl2-ml1-reach", ["learner.args={hidden: 6, episodes_per_trial: 2}", "data.args.horizon=5"])
+    torch.manual_seed(0)
+    suite = build_suite(config)
+    learner = build_learner(config, suite.input_shape)
+    task = suite.train_task(0)
+    trials = learner.run_trials([task], 3, "query-trial")
+    assert trials.episode_success.shape == (1, 2, 3) and set(trials.episode_success.unique().tolist()) <= {0.0, 1.0}
+    prediction = learner.predict(task)
+    torch.testing.assert_close(prediction[1], trials.episode_success[0].mean(-1))  # same seeds, same trials
+    metrics = learner.query_metrics(prediction, task)
+    assert [metrics[f"success_rate_after_{k}"] for k in (0, 1)] == prediction[1].tolist()
+    point, tasks = _learner_and_tasks()
+    assert point.run_trials(tasks, 2, "t").episode_success.isnan().all()

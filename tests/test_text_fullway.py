@@ -170,3 +170,16 @@ def test_held_out_dev_never_contains_the_support_and_leaves_test_alone():
     support = {train.texts[i] for i in draw_support(labels, 5, 2)}
     assert len(dev.test) == 50 and not support & set(dev.test.texts)
     assert dev.train is train and "q" not in dev.test.texts
+
+
+def test_label_names_add_copies_of_each_intent_name_after_the_unchanged_draw():
+    labels = np.repeat(np.arange(3), 6)
+    train = TextCorpus([f"s{i}" for i in range(18)], labels, ["card_arrival", "top_up", "pin"], "t/train")
+    data = FullwayData("t", train, TextCorpus(["q"], np.zeros(1, np.int64), train.class_names, "t/test"))
+    plain_texts, plain_labels = fullway.support_set(data, 2, seed=1)
+    index = draw_support(labels, 2, 1)
+    assert plain_texts == [train.texts[i] for i in index] and np.array_equal(plain_labels, labels[index])
+    texts, with_names = fullway.support_set(data, 2, seed=1, label_names=2)
+    assert texts[:6] == plain_texts and np.array_equal(with_names[:6], plain_labels)
+    assert texts[6:] == ["card arrival", "top up", "pin"] * 2 and with_names[6:].tolist() == [0, 1, 2, 0, 1, 2]
+    assert with_names.dtype == np.int64

@@ -101,12 +101,14 @@ def read_text_table(
     delimiter: str | None = None,
     fmt: str = "auto",
     optional_label: bool = False,
+    fix_columns: str | None = None,
 ) -> TextTable:
     """Labelled (or, with `label_column` None, unlabelled) sentences from a CSV / TSV (header row
     naming the columns), JSONL (one object per line) or plain text file (one sentence per line,
     unlabelled, blank lines skipped). `optional_label`: a file without the label column (CSV/TSV
     header, or JSONL's first object) is read unlabelled. Raises one-line FastAdaptErrors naming
-    the file and line."""
+    the file and line; `fix_columns` replaces the advice on a missing column (default: the
+    data.args settings that name the columns)."""
     path = Path(path).expanduser()
     fmt = format_of(path, fmt)
     text = read_utf8(path)
@@ -138,7 +140,7 @@ def read_text_table(
                 if key is not None and key not in record:
                     raise FastAdaptError(
                         f"{path}:{line}: no key {key!r} (keys: {', '.join(record) or 'none'}); "
-                        f"set data.args.{'text' if key == text_column else 'label'}_column"
+                        + (fix_columns or f"set data.args.{'text' if key == text_column else 'label'}_column")
                     )
             t, label = _checked(path, line, record[text_column], record.get(label_column), label_column)
             texts.append(t)
@@ -163,7 +165,7 @@ def read_text_table(
                 if key is not None and key not in where:
                     raise FastAdaptError(
                         f"{path}:{reader.line_num}: no column {key!r} in the header ({sep.join(names)}); "
-                        f"set data.args.{what}_column or the file's header"
+                        + (fix_columns or f"set data.args.{what}_column or the file's header")
                         + ("" if len(names) > 1 else f"; is the delimiter {sep!r} right?")
                     )
             for row in reader:

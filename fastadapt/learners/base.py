@@ -91,6 +91,10 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
     #: The learner's settings (`learner.args`), a dataclass: every key typed, defaulted and
     #: commented. None only for third-party learners, whose `build` then gets the raw mapping.
     Args: type | None = None
+    #: `Args` fields that act only at test time and shape no weight (e.g. a test-time step size):
+    #: `fastadapt eval RUN --set learner.args.<field>=value` may change them for one test, and the
+    #: eval JSON records the change (`test_settings`). Everything else needs retraining.
+    test_time_args: tuple[str, ...] = ()
 
     @classmethod
     def single_process_reason(cls, args) -> str | None:

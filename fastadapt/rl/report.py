@@ -12,7 +12,9 @@ from ..utils import atomic_write
 
 
 def rl_records(run_dirs: list[str | Path]) -> list[dict]:
-    """The eval.json of every run folder whose result is an RL return with per-step figures."""
+    """The eval.json of every run folder whose result is an RL return with per-step figures, each
+    followed by the run's test-split evals with changed test-time settings (`fastadapt eval --set
+    learner.args.eval_later_lr_factor=...`), labelled with the settings."""
     records = []
     for run in run_dirs:
         path = Path(run) / "eval.json"
@@ -20,7 +22,14 @@ def rl_records(run_dirs: list[str | Path]) -> list[dict]:
             continue
         record = json.loads(path.read_text())
         if record.get("metric") == "return" and record.get("other_metrics"):
-            records.append({**record, "run": str(run)})
+            records.append({**record, "run": str(run), "label": Path(run).name})
+            for other in sorted(Path(run).glob("eval-*.json")):
+                variant = json.loads(other.read_text())
+                settings = variant.get("test_settings")
+                same = all(variant.get(k) == record.get(k) for k in ("split", "episodes", "seed", "shots"))
+                if settings and same and variant.get("other_metrics"):
+                    shown = ", ".join(f"{k} {v}" for k, v in settings.items())
+                    records.append({**variant, "run": str(run), "label": f"{Path(run).name} ({shown})"})
     return records
 
 
@@ -42,9 +51,10 @@ def rl_table(records: list[dict]) -> str:
     rows = [head + " |", "|" + " --- |" * (5 + width)]
     for r in records:
         cells = [f"{mean:.1f} ± {ci:.1f}" for _, mean, ci in steps_of(r)]
+        cells += ["–"] * (width - len(cells))  # fewer test-time steps than the widest run
         minutes = (r.get("train_seconds") or 0) / 60
         rows.append(
-            f"| {Path(r['run']).name} | {r['method']} | {r['dataset']} ({r['episodes']} test tasks) | "
+            f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {r['dataset']} ({r['episodes']} test tasks) | "
             f"{r['train_steps']} | {minutes:.0f} | " + " | ".join(cells) + " |"
         )
         reference = r.get("reference") or {}
@@ -55,6 +65,30 @@ def rl_table(records: list[dict]) -> str:
                 + " | ".join("–" if v is None else f"{v}" for v in paper)
                 + " |"
             )
+    return "\n".join(rows)
+
+
+def success_table(records: list[dict]) -> str:
+    """Markdown for the runs with a success signal (Meta-World): success rate (%, Meta-World's
+    protocol: success at any step of a rollout) ± 95% CI over the test tasks after 0, 1, ... steps.
+    Empty when no run has one."""
+    records = [r for r in records if steps_of(r, "success_rate")]
+    if not records:
+        return ""
+    width = max(len(steps_of(r, "success_rate")) for r in records)
+    rows = [
+        "| run | method | task | train iterations | train min | "
+        + " | ".join(f"success % after {k} step{'s' if k != 1 else ''}" for k in range(width))
+        + " |",
+        "|" + " --- |" * (5 + width),
+    ]
+    for r in records:
+        cells = [f"{100 * mean:.1f} ± {100 * ci:.1f}" for _, mean, ci in steps_of(r, "success_rate")]
+        rows.append(
+            f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {r['dataset']} "
+            f"{(r.get('data_args') or {}).get('env_name', '')} ({r['episodes']} test tasks) | {r['train_steps']} | "
+            f"{(r.get('train_seconds') or 0) / 60:.0f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(rows)
 
 
@@ -70,7 +104,7 @@ def rl_plot(records: list[dict], path: str | Path) -> None:
     for ax, dataset in zip(axes[0], datasets):
         for r in (r for r in records if r["dataset"] == dataset):
             k, mean, ci = zip(*steps_of(r))
-            ax.plot(k, mean, marker="o", label=f"{Path(r['run']).name} ({r['train_steps']} it.)")
+            ax.plot(k, mean, marker="o", label=f"{r.get('label', Path(r['run']).name)} ({r['train_steps']} it.)")
             ax.fill_between(k, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], alpha=0.2)
             reference = r.get("reference") or {}
             paper = [(j, reference[f"return_after_{j}"]) for j in k if f"return_after_{j}" in reference]

@@ -87,6 +87,16 @@ def load_fullway(root, dataset: str) -> FullwayData:
     raise FastAdaptError(f"unknown full-way dataset {dataset!r}; valid: {', '.join(DATASETS)}")
 
 
+def support_set(data: FullwayData, shots: int, seed: int, label_names: int = 0) -> tuple[list[str], np.ndarray]:
+    """The (seed, K) support sentences and labels, plus `label_names` copies of every intent's name
+    as a sentence ("card_arrival" -> "card arrival"): the names are data a user has for free,
+    used as extra labelled examples (as label-semantics methods do); 0 is the standard protocol."""
+    index = draw_support(data.train.labels, shots, seed, data.ways)
+    names = [n.replace("_", " ") for n in data.train.class_names] * label_names
+    labels = np.concatenate([data.train.labels[index], np.tile(np.arange(data.ways), label_names)])
+    return [data.train.texts[i] for i in index] + names, labels.astype(np.int64)
+
+
 def held_out_dev(data: FullwayData, shots: int, seed: int, size: int = 1500) -> FullwayData:
     """For choosing settings without touching test: the same train split (the (seed, K) support is
     drawn from it as usual), scored on `size` other train sentences, never in that support
@@ -146,14 +156,17 @@ def oos_metrics(scores: torch.Tensor, labels: np.ndarray, threshold: float) -> t
     return float((correct & accepted).mean()), float((~accepted).mean())
 
 
-def run_seed(learner, data: FullwayData, shots: int, seed: int, representation: str, encoder: str) -> dict:
-    """One seed of the full-way protocol: adapt to the (seed, K) support set and score the test
-    set (and, for CLINC150, the out-of-scope detection). Returns accuracies in [0, 1] and times."""
+def run_seed(
+    learner, data: FullwayData, shots: int, seed: int, representation: str, encoder: str, label_names: int = 0
+) -> dict:
+    """One seed of the full-way protocol: adapt to the (seed, K) support set (with `label_names`
+    copies of the intent names, see `support_set`) and score the test set (and, for CLINC150, the
+    out-of-scope detection). Returns accuracies in [0, 1] and times."""
     from .encoder import pad_token_id
 
-    index = draw_support(data.train.labels, shots, seed, data.ways)
-    support_x = represent([data.train.texts[i] for i in index], representation, encoder)
-    support_y = torch.from_numpy(data.train.labels[index])
+    texts, labels = support_set(data, shots, seed, label_names)
+    support_x = represent(texts, representation, encoder)
+    support_y = torch.from_numpy(labels)
     blocks = [data.test] + ([data.oos_test, data.val, data.oos_val] if data.val is not None else [])
     parts = [represent(b.texts, representation, encoder) for b in blocks]
     pad = pad_token_id(encoder) if representation == "tokens" else 0

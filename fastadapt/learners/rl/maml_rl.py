@@ -14,6 +14,14 @@ adapted policy that collected the query rollouts (as MAML-PPO in garage and ProM
 `outer: none` trains nothing: the random initial policy, adapted at test time (the paper's
 "random" baseline).
 
+ProMP (Rothfuss et al. 2019, "ProMP: Proximal Meta-Policy Search") is `outer: ppo` with two
+options: `inner_estimator: lvc`, its low-variance curvature estimator, the inner loss
+-mean_t π_θ(a|s)/π_b(a|s) Â with π_b the policy that collected the rollouts (a constant), whose
+gradient at θ = b is the vanilla one but whose Hessian keeps the +∇log π ∇log πᵀ Â term the
+vanilla surrogate drops; and `inner_kl_penalty` η, the outer loss's η Σ_i KL(π_b_i ‖ π_θ_i) on
+each inner step's rollouts, which keeps the pre-update policies near the ones that collected
+them over the `ppo_epochs` steps. The `promp-point2d` preset has the authors' settings.
+
 Adaptation is a pure function of (parameters, rollouts): the policy is a dict of tensors applied
 with `torch.func.functional_call`, one adapted copy per task stacked on a leading axis and run
 under `torch.func.vmap`; nothing is cloned and the module is never modified by adaptation.
@@ -33,61 +41,20 @@ from ...errors import FastAdaptError
 from ...registry import LEARNERS
 from ...rl import policy as pi
 from ...rl.envs import RLTask
+from ...rl.objectives import Params, adapt_step, clipped_surrogate, expand, inner_loss, masked_task_mean
 from ...rl.returns import advantages
 from ...rl.rollouts import Batch, collect
 from ...rl.trpo import TRPOSettings, trpo_step
 from ..base import Learner, parse_args, require
 
-Params = dict[str, torch.Tensor]
-Data = list[tuple[Batch, torch.Tensor]]  # (rollouts, advantages) of each inner step
-
-
-def masked_task_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over each task's alive steps: (K, T, N) -> (K,)."""
-    return (values * mask).sum((1, 2)) / mask.sum((1, 2)).clamp_min(1)
-
-
-def inner_loss(mean_net: nn.Module, params: Params, batch: Batch, adv: torch.Tensor, stacked: bool) -> torch.Tensor:
-    """The vanilla policy-gradient loss -mean_t log π(a_t|s_t) Â_t of each task: (K,); its gradient is
-    the REINFORCE estimate of -∇ E[return] with a baseline (Williams 1992)."""
-    logp = pi.per_task(pi.log_prob, mean_net, params, batch.observations, batch.actions, stacked=stacked)
-    return -masked_task_mean(logp * adv, batch.mask)
-
-
-def adapt_step(
-    mean_net: nn.Module,
-    params: Params,
-    batch: Batch,
-    adv: torch.Tensor,
-    lr: float,
-    stacked: bool,
-    create_graph: bool,
-) -> Params:
-    """One inner step for each of K tasks: θ'_k = θ_k - lr ∇ L_k(θ_k), a pure function of (params, data).
-    Shared params (`stacked` False) are first expanded to one copy per task, so each task's gradient
-    is its own. `create_graph`: keep the graph of the gradient (second-order MAML); otherwise the
-    gradient is a constant and dθ'/dθ = I (first order). Returns stacked params (K, ...)."""
-    k = batch.observations.shape[0]
-    if not stacked:
-        params = {name: v.unsqueeze(0).expand(k, *v.shape) for name, v in params.items()}
-    loss = inner_loss(mean_net, params, batch, adv, stacked=True).sum()
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-    return {name: v - lr * g for (name, v), g in zip(params.items(), grads)}
-
-
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip: float) -> torch.Tensor:
-    """PPO's clipped objective per step (Schulman et al. 2017, eq. 7), to maximise:
-    min(r Â, clip(r, 1 - clip, 1 + clip) Â) with r = π/π_old = exp(logp - old_logp); all (...) -> (...).
-    Where r has left [1 - clip, 1 + clip] in the direction of Â (r > 1 + clip with Â > 0, r < 1 - clip
-    with Â < 0) the clipped branch is the minimum and constant: that step's gradient is zero."""
-    ratio = torch.exp(logp - old_logp)
-    return torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
+# (rollouts, advantages, the stacked detached params of the policy that collected them) per inner step
+Data = list[tuple[Batch, torch.Tensor, Params]]
 
 
 def single_process_message(outer: str) -> str:
     """A TRPO (or PPO) step needs the whole meta-batch's data in one process; under torchrun each
     rank would only see its shard (and the ranks' weights would drift apart)."""
-    return f"learner.args.outer = {outer!r} runs in one process; under torchrun use learner.args.outer=adam"
+    return f"learner.args.outer = {outer!r} runs in one process; with --nproc or torchrun use learner.args.outer=adam"
 
 
 def require_single_process(outer: str) -> None:
@@ -109,6 +76,9 @@ class MAMLRL(Learner):
 
     problem = "rl"
     needs_head = True  # the mean network's last layer has one unit per action dimension
+    # The test-time steps' sizes: chosen per run on training tasks (`eval --split train`), e.g.
+    # when the trained policy's std has shrunk and the paper's halving overshoots at later steps.
+    test_time_args = ("inner_lr", "eval_later_lr_factor")
 
     @dataclass
     class Args:
@@ -129,7 +99,10 @@ class MAMLRL(Learner):
         max_backtracks: int = 15  # line-search tries before the step is rejected
         init_std: float = 1.0  # initial standard deviation of the Gaussian policy
         ppo_epochs: int = 5  # outer: ppo: optimiser steps on each meta-batch's query rollouts
-        clip: float = 0.2  # outer: ppo: the ratio clip ε (Schulman et al. 2017: 0.2)
+        clip: float = 0.2  # outer: ppo: the ratio clip ε (Schulman et al. 2017: 0.2; ProMP: 0.3)
+        # vpg: the vanilla policy-gradient inner loss; lvc: ProMP's low-variance curvature estimator
+        inner_estimator: Literal["vpg", "lvc"] = "vpg"
+        inner_kl_penalty: float = 0.0  # outer: ppo: η of ProMP's inner-step KL penalty (ProMP: 5e-4)
 
         def __post_init__(self):
             require(self.inner_lr > 0, "inner_lr", self.inner_lr, "> 0")
@@ -146,6 +119,13 @@ class MAMLRL(Learner):
             require(self.init_std > 0, "init_std", self.init_std, "> 0")
             require(self.ppo_epochs >= 1, "ppo_epochs", self.ppo_epochs, ">= 1")
             require(0 < self.clip < 1, "clip", self.clip, "in (0, 1)")
+            require(self.inner_kl_penalty >= 0, "inner_kl_penalty", self.inner_kl_penalty, ">= 0")
+            require(
+                self.inner_kl_penalty == 0 or self.outer == "ppo",
+                "inner_kl_penalty",
+                self.inner_kl_penalty,
+                "0 unless outer is ppo (it is a term of ProMP's PPO loss)",
+            )
 
     def __init__(self, mean_net: nn.Module, action_dim: int, **kwargs):
         super().__init__()
@@ -170,7 +150,10 @@ class MAMLRL(Learner):
 
     @classmethod
     def single_process_reason(cls, args) -> str | None:
-        return None if args.outer == "adam" else single_process_message(args.outer)
+        if args.outer == "adam":
+            return None
+        penalty = " and learner.args.inner_kl_penalty=0" if args.inner_kl_penalty else ""  # ProMP's is PPO's
+        return single_process_message(args.outer) + penalty
 
     # -- pieces --------------------------------------------------------------------------------
     def params(self) -> Params:
@@ -210,7 +193,9 @@ class MAMLRL(Learner):
         for s in range(steps):
             batch = self._collect(tasks, current, stacked, tasks[0].shots, f"{phase}-{s}")
             adv = self._advantages(batch)
-            data.append((batch, adv))
+            # a copy: the live parameters change in place under the optimiser, the collector did not
+            behaviour = expand({k: v.detach().clone() for k, v in current.items()}, len(tasks), stacked)
+            data.append((batch, adv, behaviour))
             if not graph:
                 current = {k: v.detach().requires_grad_(True) for k, v in current.items()}
             with torch.enable_grad():
@@ -222,19 +207,44 @@ class MAMLRL(Learner):
                     self.args.inner_lr if lr is None else lr,
                     stacked,
                     graph and not self.args.first_order,
+                    behaviour if self.args.inner_estimator == "lvc" else None,
                 )
             stacked = True
         return current, data
 
     def replay(self, params: Params, data: Data) -> Params:
         """The inner steps again on stored rollouts: the adapted params as a function of `params`."""
-        current, stacked = params, False
-        for batch, adv in data:
-            current = adapt_step(
-                self.mean_net, current, batch, adv, self.args.inner_lr, stacked, not self.args.first_order
+        return self.replay_steps(params, data)[-1]
+
+    def replay_steps(self, params: Params, data: Data) -> list[Params]:
+        """`replay`, keeping the params before each inner step too: len(data) + 1 entries."""
+        steps, stacked = [params], False
+        lvc = self.args.inner_estimator == "lvc"
+        for batch, adv, behaviour in data:
+            steps.append(
+                adapt_step(
+                    self.mean_net,
+                    steps[-1],
+                    batch,
+                    adv,
+                    self.args.inner_lr,
+                    stacked,
+                    not self.args.first_order,
+                    behaviour if lvc else None,
+                )
             )
             stacked = True
-        return current
+        return steps
+
+    def inner_kl(self, steps: list[Params], data: Data) -> torch.Tensor:
+        """ProMP's penalty term: Σ_i mean KL(π_b_i ‖ π_θ_i) over inner step i's rollouts (alive steps,
+        then tasks), π_b_i the policy that collected them and π_θ_i its replay from the live params."""
+        terms = []
+        for i, (current, (batch, _, behaviour)) in enumerate(zip(steps, data)):
+            current = expand(current, batch.observations.shape[0], stacked=i > 0)
+            kl = pi.per_task(pi.kl, self.mean_net, behaviour, current, batch.observations, stacked=True)
+            terms.append(masked_task_mean(kl, batch.mask).mean())
+        return torch.stack(terms).sum()
 
     def _surrogate(self, adapted: Params, query: Batch, adv: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
         logp = pi.per_task(pi.log_prob, self.mean_net, adapted, query.observations, query.actions, stacked=True)
@@ -304,11 +314,15 @@ class MAMLRL(Learner):
         policy) and the fraction of alive query steps clipped at the last step."""
         if optimizer is None:
             raise FastAdaptError("learner.args.outer = 'ppo' needs the trainer's optimiser; call outer_step with one")
-        eps, mask, first = self.args.clip, query.mask, {}
+        eps, mask, first, eta = self.args.clip, query.mask, {}, self.args.inner_kl_penalty
         for epoch in range(self.args.ppo_epochs):
-            adapted = self.replay(self.params(), data)
-            logp = pi.per_task(pi.log_prob, self.mean_net, adapted, query.observations, query.actions, stacked=True)
+            steps = self.replay_steps(self.params(), data)
+            logp = pi.per_task(pi.log_prob, self.mean_net, steps[-1], query.observations, query.actions, stacked=True)
             loss = -masked_task_mean(clipped_surrogate(logp, old_logp, adv, eps), mask).mean()
+            if eta > 0:  # ProMP: keep the pre-update policies near those that collected the rollouts
+                kl = self.inner_kl(steps[:-1], data)
+                loss = loss + eta * kl
+                last_kl = kl.item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -317,7 +331,7 @@ class MAMLRL(Learner):
                 if epoch == 0:
                     first = {"surrogate_before": loss.item(), "ratio_deviation": float((deviation * mask).max())}
         clipped = float(((deviation > eps).float() * mask).sum() / mask.sum().clamp_min(1))
-        return {**first, "clip_fraction": clipped}
+        return {**first, "clip_fraction": clipped, **({"inner_kl": last_kl} if eta > 0 else {})}
 
     # -- evaluation ------------------------------------------------------------------------------
     def predict(self, task: RLTask) -> torch.Tensor:
@@ -354,6 +368,11 @@ class MAMLRL(Learner):
             "inner_lr": a.inner_lr,
             "order": "first" if a.first_order else "second",
             "outer": a.outer,
-            **({"ppo_epochs": a.ppo_epochs, "clip": a.clip} if a.outer == "ppo" else {}),
+            "inner_estimator": a.inner_estimator,
+            **(
+                {"ppo_epochs": a.ppo_epochs, "clip": a.clip, "inner_kl_penalty": a.inner_kl_penalty}
+                if a.outer == "ppo"
+                else {}
+            ),
             "test_time": "vanilla policy-gradient steps, shots rollouts each; returns on queries rollouts",
         }

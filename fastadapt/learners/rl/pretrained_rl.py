@@ -19,8 +19,9 @@ import torch
 from ...registry import LEARNERS
 from ...rl import policy as pi
 from ...rl.envs import RLTask
+from ...rl.objectives import inner_loss, masked_task_mean
 from ...rl.trpo import trpo_step
-from .maml_rl import MAMLRL, inner_loss, masked_task_mean, require_single_process
+from .maml_rl import MAMLRL, require_single_process
 
 
 @LEARNERS.register("pretrained-rl")

@@ -25,16 +25,18 @@ from torch import nn
 
 from ...registry import LEARNERS
 from ...rl.envs import RLTask, derive_seed, make_env
+from ...rl.objectives import masked_task_mean
 from ...rl.returns import advantages
 from ..base import Learner, parse_args, require
-from .maml_rl import masked_task_mean, require_single_process
+from .maml_rl import require_single_process
 
 
 @dataclass
 class Trials:
     """K tasks x N trials of L = episodes x horizon steps: inputs (K, L, N, D + A + 2), actions
     (K, L, N, A), rewards / mask (K, L, N), observations (K, L, N, D), hidden (K, L, N, H): the
-    state each step's action was drawn from; episode_returns (K, E, N)."""
+    state each step's action was drawn from; episode_returns (K, E, N); episode_success (K, E, N):
+    1 where the episode succeeded at any step (Meta-World's protocol), NaN without a signal."""
 
     inputs: torch.Tensor
     observations: torch.Tensor
@@ -43,6 +45,7 @@ class Trials:
     mask: torch.Tensor
     hidden: torch.Tensor
     episode_returns: torch.Tensor
+    episode_success: torch.Tensor
 
 
 @LEARNERS.register("rl2")
@@ -109,7 +112,7 @@ class RL2(Learner):
         h = torch.zeros(k * n, self.args.hidden)
         prev_a, prev_r, ended = torch.zeros(k * n, a_dim), torch.zeros(k * n), torch.zeros(k * n)
         record = {name: [] for name in ("inputs", "observations", "actions", "rewards", "mask", "hidden")}
-        episode_returns = torch.zeros(k, episodes, n)
+        episode_returns, episode_success = torch.zeros(k, episodes, n), torch.full((k, episodes, n), float("nan"))
         try:
             with torch.no_grad():
                 for e in range(episodes):
@@ -136,6 +139,8 @@ class RL2(Learner):
                         alive &= ~np.asarray(done, dtype=bool).reshape(-1)
                         obs = torch.from_numpy(np.asarray(next_obs, dtype=np.float32)).reshape(k * n, -1)
                     ended = torch.ones(k * n)  # the next step starts a new episode of the same task
+                    if getattr(env, "success", None) is not None:  # reset with the episode: this one's
+                        episode_success[:, e] = torch.from_numpy(np.asarray(env.success, dtype=np.float32))
         finally:
             env.close()
 
@@ -143,7 +148,8 @@ class RL2(Learner):
             out = torch.stack(values)
             return out.reshape(out.shape[0], k, n, *out.shape[2:]).transpose(0, 1)
 
-        return Trials(**{name: stack(v) for name, v in record.items()}, episode_returns=episode_returns)
+        stacked = {name: stack(v) for name, v in record.items()}
+        return Trials(**stacked, episode_returns=episode_returns, episode_success=episode_success)
 
     def log_prob(self, trials: Trials) -> torch.Tensor:
         """log π(a_t | history) of recorded trials, recomputing the hidden states from zero with
@@ -193,13 +199,16 @@ class RL2(Learner):
 
     def predict(self, task: RLTask) -> torch.Tensor:
         """Mean return of each episode of `queries` trials (no gradient step: the GRU adapts):
-        row 0, returns (episodes_per_trial,); row 1, NaN (no success signal recorded here)."""
-        returns = self.run_trials([task], task.queries, "query-trial").episode_returns[0].mean(-1)
-        return torch.stack([returns, torch.full_like(returns, float("nan"))])
+        row 0, returns (episodes_per_trial,); row 1, the success rate of each episode (NaN for
+        tasks without a success signal): (2, episodes_per_trial)."""
+        trials = self.run_trials([task], task.queries, "query-trial")
+        return torch.stack([trials.episode_returns[0].mean(-1), trials.episode_success[0].mean(-1)])
 
     def query_metrics(self, prediction: torch.Tensor, task: RLTask) -> dict[str, float]:
         metrics = {"return": float(prediction[0, -1])}
         metrics.update({f"return_after_{k}": float(v) for k, v in enumerate(prediction[0])})
+        if not torch.isnan(prediction[1]).any():
+            metrics.update({f"success_rate_after_{k}": float(v) for k, v in enumerate(prediction[1])})
         return metrics
 
     def describe(self) -> dict:
