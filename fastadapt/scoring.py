@@ -109,7 +109,9 @@ def score_run(
         learner.eval_inner_steps = adapt_steps
     suite, dataset, test_split, prefix = trainer.suite, config.data.dataset, config.data.test_split, ""
     if data is not None or data_settings or split is not None:
-        suite, test_split = cross_domain_suite(trainer, data or dataset, data_settings or [], split, data_root)
+        suite, test_split = cross_domain_suite(
+            trainer, data or dataset, data_settings or [], split, data_root, (ways, shots, queries)
+        )
         dataset = suite.config.data.dataset
         data_key = dataclasses.asdict(suite.config.data)
         digest = hashlib.sha256(json.dumps(data_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -195,12 +197,16 @@ def apply_test_settings(learner, name: str, items: list[str]) -> dict:
     return changes
 
 
-def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], split: str | None, data_root):
+def cross_domain_suite(
+    trainer: Trainer, dataset: str, settings: list[str], split: str | None, data_root, episode_shape=None
+):
     """The suite of another dataset (or other data settings) for a trained run, and the split to test on.
 
     `settings` are `data.<key>=value` items (e.g. `data.args.root=DIR`). The image size is the
     run's; a dataset with a `channels` setting gets the run's channel count unless set. The
     default split is `all` where the dataset has one (a user's folder), else `test`.
+    `episode_shape` (ways, shots, queries): the test episodes' own, which the dataset checks its
+    classes against (default: the run's eval settings).
     """
     bad = [s for s in settings if not s.startswith("data.")]
     if bad:
@@ -236,6 +242,9 @@ def cross_domain_suite(trainer: Trainer, dataset: str, settings: list[str], spli
     values.update(train_split=chosen, val_split=None, test_split=chosen)
     raw = trainer.config.to_dict()
     raw["data"] = values
+    if episode_shape is not None:  # the dataset checks its classes against the episodes asked for
+        raw["eval"].update(zip(("ways", "shots", "queries"), episode_shape))
+        raw["train"]["episodes"].update(zip(("shots", "queries"), episode_shape[1:]))  # this suite only tests
     config = config_from_dict(raw)
     suite = suite_cls(config, data_root, False)
     if suite.problem != trainer.suite.problem:

@@ -207,6 +207,12 @@ job_promp-point2d() { OMP_NUM_THREADS=1 train promp-point2d promp-point2d --set 
 # RL2 with PPO on 2D navigation: 100 iterations (8M environment steps), and the preset's 500.
 job_rl2-point2d() { OMP_NUM_THREADS=1 train rl2-point2d rl2-point2d --set train.steps=100; keep rl2-point2d; }
 job_rl2-point2d-full() { OMP_NUM_THREADS=1 train rl2-point2d-full rl2-point2d; keep rl2-point2d-full; }
+# HalfCheetah direction, shortened to 8 of the paper's 500 iterations (2.6M environment steps;
+# about 3.5 min per iteration on one core beside three other jobs): a first point, not a replication.
+job_maml-trpo-cheetah-dir() {
+  OMP_NUM_THREADS=1 train maml-trpo-cheetah-dir maml-trpo-cheetah-dir --set train.steps=8 --set train.checkpoint_every=1
+  keep maml-trpo-cheetah-dir
+}
 # Meta-World ML1 at Meta-World+'s MAML-TRPO budget (2M environment steps = the presets' 8
 # iterations); on one core beside another job, 6-7 min per iteration, then about 15 min of test.
 job_maml-trpo-ml1-reach() { train maml-trpo-ml1-reach maml-trpo-ml1-reach; keep maml-trpo-ml1-reach; }
@@ -283,7 +289,7 @@ JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrai
       maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot-lslr-cosine
       maml-sinusoid-5shot-cosine maml-sinusoid-5shot-learned-lr-cosine metasgd-sinusoid-5shot
       maml-5w1s-1000 fomaml-5w1s-1000 maml-trpo-point2d maml-trpo-point2d-full random-point2d pretrained-point2d
-      promp-point2d rl2-point2d rl2-point2d-full maml-trpo-ml1-reach maml-trpo-ml1-push maml-trpo-ml1-pick-place tune-maml-sinusoid text-fullway)
+      promp-point2d rl2-point2d rl2-point2d-full maml-trpo-cheetah-dir maml-trpo-ml1-reach maml-trpo-ml1-push maml-trpo-ml1-pick-place tune-maml-sinusoid text-fullway)
 JOBS+=("${TEXT_JOBS[@]}")
 
 case "${1:-}" in

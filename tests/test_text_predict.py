@@ -216,3 +216,12 @@ def test_cross_domain_eval_of_a_text_run_on_a_text_file(text_runs, capsys):
     assert record["split"] == "all" and record["ways"] == 6 and record["trained_on"] == "textfile"
     assert record["accuracy"] > 0.8  # 6-way, chance 1/6
     capsys.readouterr()
+    # a file with fewer sentences per intent than the run's own episodes take (2 + 3): the
+    # episodes asked for on the command line (1 + 2) are what the file is checked against
+    small = root / "small.csv"
+    with open(small, "w", newline="", encoding="utf-8") as f:
+        rows = [(s, intent) for intent in INTENTS for s in sentences(intent, slice(0, 1))]  # 3 each
+        csv.writer(f).writerows([("text", "label"), *rows])
+    argv = ["eval", str(run), "--data", "textfile", "--set", f"data.args.path={small}", "--episodes", "5"]
+    assert main(argv + ["--ways", "3", "--shots", "1", "--queries", "2"]) == 0, capsys.readouterr().err
+    assert main(argv) == 2 and "shots + queries" in capsys.readouterr().err

@@ -100,8 +100,7 @@ class MAMLRL(Learner):
         init_std: float = 1.0  # initial standard deviation of the Gaussian policy
         ppo_epochs: int = 5  # outer: ppo: optimiser steps on each meta-batch's query rollouts
         clip: float = 0.2  # outer: ppo: the ratio clip ε (Schulman et al. 2017: 0.2; ProMP: 0.3)
-        # vpg: the vanilla policy-gradient inner loss; lvc: ProMP's low-variance curvature estimator
-        inner_estimator: Literal["vpg", "lvc"] = "vpg"
+        inner_estimator: Literal["vpg", "lvc"] = "vpg"  # vpg: vanilla inner loss; lvc: ProMP's low-variance one
         inner_kl_penalty: float = 0.0  # outer: ppo: η of ProMP's inner-step KL penalty (ProMP: 5e-4)
 
         def __post_init__(self):
