@@ -91,6 +91,7 @@ def score_run(
     if ways is not None and learner.problem != "classification":
         kind = "an RL" if learner.problem == "rl" else f"a {learner.problem}"
         raise FastAdaptError(f"{run_dir} is {kind} run: its tasks have no ways; drop --ways")
+    trained_args = getattr(learner, "args", None)  # restored after this test (test-time settings)
     changed = apply_test_settings(learner, config.learner.name, learner_settings or [])
     e = config.eval
     ways = e.ways if ways is None else ways
@@ -127,7 +128,12 @@ def score_run(
         tag += f"-{adapt_steps}steps"
     tag += "".join(f"-{key}{value}" for key, value in changed.items())
     test_set.save(run_dir / "episodes" / f"test-{episodes_tag}.npz")
-    result = evaluate(learner, test_set, trainer.device)
+    try:
+        result = evaluate(learner, test_set, trainer.device)
+        described = learner.describe()  # as tested
+    finally:
+        if changed:
+            learner.args = trained_args
     record = {
         "preset": config.name,
         "method": config.learner.name,
@@ -144,8 +150,8 @@ def score_run(
         "std": result["std"],
         "diverged_episodes": result["nonfinite"],
         **({"other_metrics": result["others"]} if result.get("others") else {}),  # RL: return after k steps
-        "learner": learner.describe(),
-        "bn_mode": learner.describe().get("bn_mode", "none"),
+        "learner": described,
+        "bn_mode": described.get("bn_mode", "none"),
         "train_steps": trainer.state["step"],
         "selected_step": trainer.state["best_step"],
         "eval_seconds": round(result["seconds"], 2),

@@ -269,6 +269,7 @@ def test_test_time_step_sizes_change_only_the_steps_they_size_and_are_recorded(t
     assert json.loads((run / "eval.json").read_text())["other_metrics"] == base  # the run's own result stays
     assert main(["eval", str(run), "--set", "learner.args.inner_lr=0.05"]) == 0
     (path,) = run.glob("eval-*inner_lr0.05.json")
+    assert json.loads(path.read_text())["learner"]["inner_lr"] == 0.05  # the record describes the test
     first = json.loads(path.read_text())["other_metrics"]
     assert first["return_after_0"] == base["return_after_0"]
     assert first["return_after_1"]["mean"] != base["return_after_1"]["mean"]
