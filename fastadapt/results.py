@@ -112,7 +112,8 @@ def _benchmark(r: dict) -> str:
     if r.get("split", "test") != "test":
         after += f", {r['split']} tasks"
     if r.get("metric") == "return":  # meta-RL: tasks are environments, shots are rollouts
-        return f"{r['dataset']} meta-RL, {r['shots']} rollouts/step{after}"
+        env = (r.get("data_args") or {}).get("env_name")
+        return f"{r['dataset']}{f' {env}' if env else ''} meta-RL, {r['shots']} rollouts/step{after}"
     return f"{r['dataset']} {r['shots']}-shot regression{after}"
 
 
@@ -136,6 +137,8 @@ def _row(r: dict) -> str:
         value = f"diverged on {r['diverged_episodes']} of {r['episodes']} episodes"
     elif percent:
         value = f"{100 * r[metric]:.2f} ± {100 * r['ci95']:.2f}"
+    elif metric == "return":  # large by nature (Meta-World: thousands), not a blow-up
+        value = f"{r[metric]:.1f} ± {r['ci95']:.1f}"
     else:
         value = _mse(r[metric], r["ci95"])
     if metric not in ("accuracy", "mse"):  # the column shows accuracy (%) or MSE unless it says otherwise

@@ -33,6 +33,12 @@ def rl_records(run_dirs: list[str | Path]) -> list[dict]:
     return records
 
 
+def _task(record: dict) -> str:
+    """The task family, with the Meta-World environment where there is one ("ml1 reach-v3")."""
+    env = (record.get("data_args") or {}).get("env_name")
+    return f"{record['dataset']} {env}" if env else record["dataset"]
+
+
 def steps_of(record: dict, prefix: str = "return") -> list[tuple[int, float, float]]:
     """[(k, mean, ci95)] after k adaptation steps, in order of k."""
     pattern = re.compile(rf"{prefix}_after_(\d+)$")
@@ -54,7 +60,7 @@ def rl_table(records: list[dict]) -> str:
         cells += ["–"] * (width - len(cells))  # fewer test-time steps than the widest run
         minutes = (r.get("train_seconds") or 0) / 60
         rows.append(
-            f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {r['dataset']} ({r['episodes']} test tasks) | "
+            f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {_task(r)} ({r['episodes']} test tasks) | "
             f"{r['train_steps']} | {minutes:.0f} | " + " | ".join(cells) + " |"
         )
         reference = r.get("reference") or {}
@@ -85,8 +91,8 @@ def success_table(records: list[dict]) -> str:
     for r in records:
         cells = [f"{100 * mean:.1f} ± {100 * ci:.1f}" for _, mean, ci in steps_of(r, "success_rate")]
         rows.append(
-            f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {r['dataset']} "
-            f"{(r.get('data_args') or {}).get('env_name', '')} ({r['episodes']} test tasks) | {r['train_steps']} | "
+            f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {_task(r)} "
+            f"({r['episodes']} test tasks) | {r['train_steps']} | "
             f"{(r.get('train_seconds') or 0) / 60:.0f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(rows)
