@@ -214,10 +214,14 @@ def print_result(result: dict) -> None:
             if steps is not None
             else f"in episode {episodes} of each trial"
         )
+        rollouts = (
+            f"{result['shots']} rollouts per step, {result['queries']} scored"
+            if steps is not None
+            else f"{result['queries']} trials scored"
+        )
         print(
             f"{result['method']} {result['dataset']}: return {shown} {after} "
-            f"(95% CI, {result['episodes']} {result['split']} tasks, "
-            f"{result['shots']} rollouts per step, {result['queries']} scored, seed {result['seed']}"
+            f"(95% CI, {result['episodes']} {result['split']} tasks, {rollouts}, seed {result['seed']}"
             + "".join(f", {k} {v}" for k, v in (result.get("test_settings") or {}).items())
             + "; the JSON: after each step)"
         )

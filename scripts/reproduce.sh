@@ -213,11 +213,19 @@ job_maml-trpo-cheetah-dir() {
   OMP_NUM_THREADS=1 train maml-trpo-cheetah-dir maml-trpo-cheetah-dir --set train.steps=8 --set train.checkpoint_every=1
   keep maml-trpo-cheetah-dir
 }
+# HalfCheetah velocity, shortened the same way (8 of 500 iterations, 2.6M environment steps).
+job_maml-trpo-cheetah-vel() {
+  OMP_NUM_THREADS=1 train maml-trpo-cheetah-vel maml-trpo-cheetah-vel --set train.steps=8 --set train.checkpoint_every=1
+  keep maml-trpo-cheetah-vel
+}
 # Meta-World ML1 at Meta-World+'s MAML-TRPO budget (2M environment steps = the presets' 8
 # iterations); on one core beside another job, 6-7 min per iteration, then about 15 min of test.
 job_maml-trpo-ml1-reach() { train maml-trpo-ml1-reach maml-trpo-ml1-reach; keep maml-trpo-ml1-reach; }
 job_maml-trpo-ml1-push() { train maml-trpo-ml1-push maml-trpo-ml1-push; keep maml-trpo-ml1-push; }
 job_maml-trpo-ml1-pick-place() { train maml-trpo-ml1-pick-place maml-trpo-ml1-pick-place; keep maml-trpo-ml1-pick-place; }
+# RL² on ML1 reach at the same 2M environment steps (16 of the preset's 4000 iterations of 125k
+# steps): the equal-budget comparison with MAML-TRPO; about 4 min per iteration beside 2-3 jobs.
+job_rl2-ml1-reach-2m() { train rl2-ml1-reach-2m rl2-ml1-reach --set train.steps=16; keep rl2-ml1-reach-2m; }
 # Baselines with the same test protocol: the random initial policy adapted by the same steps
 # (outer: none, nothing is trained), and one policy pretrained on all tasks jointly by TRPO.
 job_random-point2d() { train random-point2d maml-trpo-point2d --set learner.args.outer=none --set train.steps=1; keep random-point2d; }
@@ -289,7 +297,7 @@ JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrai
       maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot-lslr-cosine
       maml-sinusoid-5shot-cosine maml-sinusoid-5shot-learned-lr-cosine metasgd-sinusoid-5shot
       maml-5w1s-1000 fomaml-5w1s-1000 maml-trpo-point2d maml-trpo-point2d-full random-point2d pretrained-point2d
-      promp-point2d rl2-point2d rl2-point2d-full maml-trpo-cheetah-dir maml-trpo-ml1-reach maml-trpo-ml1-push maml-trpo-ml1-pick-place tune-maml-sinusoid text-fullway)
+      promp-point2d rl2-point2d rl2-point2d-full maml-trpo-cheetah-dir maml-trpo-cheetah-vel maml-trpo-ml1-reach maml-trpo-ml1-push maml-trpo-ml1-pick-place rl2-ml1-reach-2m tune-maml-sinusoid text-fullway)
 JOBS+=("${TEXT_JOBS[@]}")
 
 case "${1:-}" in

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from fastadapt.results import results_table
-from fastadapt.rl.report import rl_plot, rl_records, rl_table, success_table
+from fastadapt.rl.report import by_episode, rl_plot, rl_records, rl_table, success_table
 from fastadapt.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,20 +49,26 @@ def main() -> None:
     rl = rl_records(runs)  # meta-RL: return after 0..k adaptation steps, table and plot
     if rl:
         rl_plot(rl, results / "meta_rl.png")
+        steps, memory = [r for r in rl if not by_episode(r)], [r for r in rl if by_episode(r)]
         parts += [
             "## Meta-RL: return after each adaptation step (mean ± 95% CI over the fixed test tasks)",
-            rl_table(rl),
-            "RL² (`rl2`) takes no gradient step: its column k is the return of episode k + 1 of a trial "
-            "(the GRU's memory of the earlier episodes is its adaptation). ML1 returns are Meta-World v3's "
-            "dense rewards over 500 steps.",
+            rl_table(steps) if steps else "",
+            "RL² (`rl2`) takes no gradient step; its table gives the return in each episode of a trial "
+            "(the GRU's memory of the earlier episodes is its adaptation):"
+            if memory
+            else "",
+            rl_table(memory, episodes=True) if memory else "",
+            "ML1 returns are Meta-World v3's dense rewards over 500 steps.",
             "![return against adaptation steps](results/meta_rl.png)",
         ]
         if success_table(rl):
             parts += [
                 "### Meta-World: meta-test success rate (success at any step of a rollout; mean ± 95% CI over "
                 "the test tasks)",
-                success_table(rl),
+                success_table(steps),
+                success_table(memory, episodes=True),
             ]
+        parts = [p for p in parts if p]
     # generated sections of other jobs (scripts/tune_summary.py: the hyper-parameter search demo)
     parts += [p.read_text().rstrip() for p in sorted(results.glob("*/tune-summary.md"))]
     text_table = results / "text" / "table.md"

@@ -157,9 +157,10 @@ def test_tiny_meta_rl_run_resumes_exactly_and_reports_every_adaptation_step(tmp_
     # horizon 8, rewards are minus distances within the [-0.5, 0.5]² square plus the reachable moves
     assert all(-8 * math.sqrt(2) * 1.3 <= v["mean"] <= 0 for v in steps.values())
     # the generated results section: one row per run with every step, the paper's row beneath, a plot
-    from fastadapt.rl.report import rl_plot, rl_records, rl_table
+    from fastadapt.rl.report import by_episode, rl_plot, rl_records, rl_table
 
     records = rl_records([tmp_path / "a", tmp_path / "b"])
+    assert not any(by_episode(r) for r in records)  # gradient steps, not RL²'s episodes
     assert record["reference"] == {}  # the tiny overrides change the task: the paper's numbers do not apply
     records[0]["reference"] = {"paper": "MAML", "return_after_0": -40.4, "return_after_1": -11.7}
     table = rl_table(records).splitlines()

@@ -57,7 +57,7 @@ def test_recomputed_policy_reproduces_the_collection_noise():
     torch.testing.assert_close(log_p, expected.detach(), rtol=1e-5, atol=1e-5)
 
 
-def test_tiny_rl2_ppo_run(tmp_path):
+def test_tiny_rl2_ppo_run(tmp_path, capsys):
     overrides = [
         *SMALL,
         "train.steps=2",
@@ -75,6 +75,20 @@ def test_tiny_rl2_ppo_run(tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.learner.parameters()))
     assert sorted(result["other_metrics"]) == ["return_after_0", "return_after_1"]
     assert math.isfinite(result["return"]) and result["return"] == result["other_metrics"]["return_after_1"]["mean"]
+    # the generated results table names RL²'s columns by episode, not by gradient step
+    from fastadapt.rl.report import by_episode, rl_records, rl_table
+
+    records = rl_records([tmp_path / "run"])
+    assert len(records) == 1 and by_episode(records[0])
+    table = rl_table(records, episodes=True).splitlines()
+    assert table[0].endswith("| episode 1 | episode 2 |") and "after" not in table[0]
+    last = result["other_metrics"]["return_after_1"]
+    assert table[2].endswith(f"| {last['mean']:.1f} ± {last['ci95']:.1f} |")
+    from fastadapt.results import print_result
+
+    print_result(records[0])  # the CLI's line: episodes and trials, not gradient steps and rollouts
+    line = capsys.readouterr().out
+    assert "in episode 2 of each trial" in line and "2 trials scored" in line and "rollouts" not in line
     # PPO needs the whole meta-batch in one process: on 2 ranks the trainer refuses before training
     from fastadapt.distributed import Context
     from fastadapt.errors import FastAdaptError

@@ -48,12 +48,22 @@ def steps_of(record: dict, prefix: str = "return") -> list[tuple[int, float, flo
     return sorted(out)
 
 
-def rl_table(records: list[dict]) -> str:
-    """Markdown: one row per run, return ± 95% CI after 0, 1, 2, ... steps; the paper's row beneath."""
+def by_episode(record: dict) -> bool:
+    """Whether the run adapts by memory across the episodes of a trial (RL²: its k-th figure is
+    episode k + 1's) rather than by gradient steps (its k-th figure is after k steps)."""
+    return "episodes_per_trial" in (record.get("learner") or {})
+
+
+def _columns(width: int, episodes: bool, prefix: str = "") -> str:
+    names = [f"episode {k + 1}" if episodes else f"after {k} step{'s' if k != 1 else ''}" for k in range(width)]
+    return " | ".join(prefix + n for n in names)
+
+
+def rl_table(records: list[dict], episodes: bool = False) -> str:
+    """Markdown: one row per run, return ± 95% CI after 0, 1, 2, ... steps (`episodes`: in episode
+    1, 2, ... of a trial); the paper's row beneath."""
     width = max((len(steps_of(r)) for r in records), default=0)
-    head = "| run | method | task | train iterations | train min | " + " | ".join(
-        f"after {k} step{'s' if k != 1 else ''}" for k in range(width)
-    )
+    head = "| run | method | task | train iterations | train min | " + _columns(width, episodes)
     rows = [head + " |", "|" + " --- |" * (5 + width)]
     for r in records:
         cells = [f"{mean:.1f} ± {ci:.1f}" for _, mean, ci in steps_of(r)]
@@ -74,22 +84,21 @@ def rl_table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def success_table(records: list[dict]) -> str:
+def success_table(records: list[dict], episodes: bool = False) -> str:
     """Markdown for the runs with a success signal (Meta-World): success rate (%, Meta-World's
-    protocol: success at any step of a rollout) ± 95% CI over the test tasks after 0, 1, ... steps.
-    Empty when no run has one."""
+    protocol: success at any step of a rollout) ± 95% CI over the test tasks after 0, 1, ... steps
+    (`episodes`: in episode 1, 2, ... of a trial). Empty when no run has one."""
     records = [r for r in records if steps_of(r, "success_rate")]
     if not records:
         return ""
     width = max(len(steps_of(r, "success_rate")) for r in records)
     rows = [
-        "| run | method | task | train iterations | train min | "
-        + " | ".join(f"success % after {k} step{'s' if k != 1 else ''}" for k in range(width))
-        + " |",
+        "| run | method | task | train iterations | train min | " + _columns(width, episodes, "success % ") + " |",
         "|" + " --- |" * (5 + width),
     ]
     for r in records:
         cells = [f"{100 * mean:.1f} ± {100 * ci:.1f}" for _, mean, ci in steps_of(r, "success_rate")]
+        cells += ["–"] * (width - len(cells))
         rows.append(
             f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {_task(r)} "
             f"({r['episodes']} test tasks) | {r['train_steps']} | "
@@ -116,7 +125,11 @@ def rl_plot(records: list[dict], path: str | Path) -> None:
             paper = [(j, reference[f"return_after_{j}"]) for j in k if f"return_after_{j}" in reference]
             if paper:
                 ax.plot(*zip(*paper), linestyle="--", color="gray", marker="x", label="paper (MAML)")
-        ax.set(xlabel="adaptation steps", ylabel="return (95% CI over test tasks)", title=dataset)
+        ax.set(
+            xlabel="adaptation steps (RL²: episodes already seen)",
+            ylabel="return (95% CI over test tasks)",
+            title=dataset,
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=110))
