@@ -117,13 +117,15 @@ def rl_plot(records: list[dict], path: str | Path) -> None:
     datasets = sorted({r["dataset"] for r in records})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
+        drawn = set()  # each paper curve once per panel, however many runs carry it
         for r in (r for r in records if r["dataset"] == dataset):
             k, mean, ci = zip(*steps_of(r))
             ax.plot(k, mean, marker="o", label=f"{r.get('label', Path(r['run']).name)} ({r['train_steps']} it.)")
             ax.fill_between(k, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], alpha=0.2)
             reference = r.get("reference") or {}
             paper = [(j, reference[f"return_after_{j}"]) for j in k if f"return_after_{j}" in reference]
-            if paper:
+            if paper and tuple(paper) not in drawn:
+                drawn.add(tuple(paper))
                 ax.plot(*zip(*paper), linestyle="--", color="gray", marker="x", label="paper (MAML)")
         ax.set(
             xlabel="adaptation steps (RL²: episodes already seen)",
