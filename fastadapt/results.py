@@ -199,6 +199,12 @@ def results_plot(run_dirs: list[str | Path], path: str | Path) -> None:
     plt.close(fig)
 
 
+def by_episode(record: dict) -> bool:
+    """Whether an RL eval record adapts by memory across the episodes of a trial (RL²: its k-th
+    figure is episode k + 1's) rather than by gradient steps (its k-th figure is after k steps)."""
+    return "episodes_per_trial" in (record.get("learner") or {})
+
+
 def print_result(result: dict) -> None:
     """The one-line summary of an eval record that `fastadapt train` / `eval` print (and a warning
     line when adaptation diverged on some test episodes)."""
@@ -207,18 +213,13 @@ def print_result(result: dict) -> None:
     shown = f"{100 * value:.2f}% ± {100 * ci:.2f}" if metric in PERCENT_METRICS else f"{value:.4f} ± {ci:.4f}"
     task = f"{result['ways']}-way {result['shots']}-shot" if result.get("ways") else f"{result['shots']}-shot"
     if metric == "return":  # meta-RL: tasks are environments, shots and queries are rollouts
-        steps = result.get("adapt_steps")
-        episodes = (result.get("learner") or {}).get("episodes_per_trial")  # RL²: no gradient steps
-        after = (
-            f"after {steps} adaptation step{'' if steps == 1 else 's'}"
-            if steps is not None
-            else f"in episode {episodes} of each trial"
-        )
-        rollouts = (
-            f"{result['shots']} rollouts per step, {result['queries']} scored"
-            if steps is not None
-            else f"{result['queries']} trials scored"
-        )
+        if by_episode(result):  # RL²: no gradient steps, the GRU adapts over a trial's episodes
+            after = f"in episode {result['learner']['episodes_per_trial']} of each trial"
+            rollouts = f"{result['queries']} trials scored"
+        else:
+            steps = result.get("adapt_steps")
+            after = f"after {steps} adaptation step{'' if steps == 1 else 's'}"
+            rollouts = f"{result['shots']} rollouts per step, {result['queries']} scored"
         print(
             f"{result['method']} {result['dataset']}: return {shown} {after} "
             f"(95% CI, {result['episodes']} {result['split']} tasks, {rollouts}, seed {result['seed']}"

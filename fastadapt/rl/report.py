@@ -8,7 +8,10 @@ import json
 import re
 from pathlib import Path
 
+from ..results import by_episode
 from ..utils import atomic_write
+
+__all__ = ["by_episode", "rl_plot", "rl_records", "rl_table", "steps_of", "success_table"]
 
 
 def rl_records(run_dirs: list[str | Path]) -> list[dict]:
@@ -46,12 +49,6 @@ def steps_of(record: dict, prefix: str = "return") -> list[tuple[int, float, flo
         (int(m.group(1)), v["mean"], v["ci95"]) for k, v in record["other_metrics"].items() if (m := pattern.match(k))
     ]
     return sorted(out)
-
-
-def by_episode(record: dict) -> bool:
-    """Whether the run adapts by memory across the episodes of a trial (RL²: its k-th figure is
-    episode k + 1's) rather than by gradient steps (its k-th figure is after k steps)."""
-    return "episodes_per_trial" in (record.get("learner") or {})
 
 
 def _columns(width: int, episodes: bool, prefix: str = "") -> str:
