@@ -31,10 +31,11 @@ def applicable_reference(config: Config, ways, shots, adapt_steps: int | None = 
     """The paper's number applies only to the preset's own test setting and data. A preset may
     give numbers for other test-time step counts under `reference.by_adapt_steps`."""
     own_test = (ways, shots) == (config.eval.ways, config.eval.shots)
-    # the number of test episodes and their seed change the estimate's precision, not what is measured
+    # the number of test episodes and their seed change the estimate's precision, not what is
+    # measured; the validation split, like train.*, changes which weights are tested, not the test
+    unchanged = ("eval.episodes=", "eval.seed=", "data.val_split=")
     changed = any(
-        o.startswith(("data.", "eval.", "model.", "learner.")) and not o.startswith(("eval.episodes=", "eval.seed="))
-        for o in config.overrides
+        o.startswith(("data.", "eval.", "model.", "learner.")) and not o.startswith(unchanged) for o in config.overrides
     )
     if not own_test or changed:
         return {}

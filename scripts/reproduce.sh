@@ -168,16 +168,20 @@ job_predict-speed() { OMP_NUM_THREADS=2 "$PY" benchmarks/predict_speed.py --repe
 # -- issue 11: few-shot text, full-way K-shot (results/text/, table + plot by text_table.py) ------
 # Frozen-embedding baselines and encoder fine-tuning at K = 1, 2, 5, 10, 20 over seeds 0-4 on both
 # datasets (with out-of-scope detection on CLINC150), then SetFit 1.2 (num_iterations=20, ~17 min
-# per support set on a quiet 2-core machine) on Banking77 10-shot and 5-shot, seed 0 only.
+# per support set on a quiet 2-core machine), seed 0 only.
 # Needs $FASTADAPT_DATA with text/banking77 and text/clinc150.
 text_fewshot() { OMP_NUM_THREADS=2 "$PY" benchmarks/text_fewshot.py --threads 2 --data-root "${FASTADAPT_DATA:-data}" "$@"; }
 job_text-fullway() {
   text_fewshot --methods frozen-ncm frozen-logreg encoder-finetune
   text_fewshot --datasets banking77 --methods contrastive-finetune --shots 10
   text_fewshot --datasets banking77 --methods setfit --shots 10 5 --seeds 0 --note "SetFit: seed 0 only (~17 min per support set)"
+  # SetFit against K on both datasets (one thread, ~4-45 min per support set)
+  local one="setfit: seed 0 only (one run, 1 thread, shared 2-core machine)"
+  text_fewshot --threads 1 --datasets banking77 --methods setfit --shots 1 2 --seeds 0 --note "$one"
+  text_fewshot --threads 1 --datasets clinc150 --methods setfit --shots 1 2 5 10 --seeds 0 --note "$one"
   # the intent names as 3 extra support sentences each (3 chosen on held-out train sentences)
   text_fewshot --methods frozen-logreg --label-names 3
-  text_fewshot --datasets banking77 --methods encoder-finetune --label-names 3 --shots 10
+  text_fewshot --methods encoder-finetune --label-names 3  # recorded: 10-shot (5 seeds), B77 other K (3)
   "$PY" benchmarks/text_table.py results/text
 }
 
@@ -187,18 +191,21 @@ job_text-fullway() {
 # 0..3 adaptation steps (eval.json other_metrics). The recorded result: this job stopped (time
 # budget) at its step-50 checkpoint, scored by `$PY scripts/eval_last_checkpoint.py
 # runs/maml-trpo-point2d`; running the job again resumes it towards 100 of the paper's 500.
-job_maml-trpo-point2d() { train maml-trpo-point2d maml-trpo-point2d --set train.steps=100; keep maml-trpo-point2d; }
-# The preset's full 500 iterations (the paper's length): 9-15 s per iteration on one core
-# beside one other single-threaded job (90 min, then 1 min of test).
-# Later test-time steps: the trained policy's std shrinks (1.0 -> 0.14 by iteration 500), so the
-# paper's halved step (factor 0.5) overshoots at steps 2-3. The factor is chosen on 40 *training*
-# tasks (`--split train`, by the return after the last step), then the test is run with it.
+job_maml-trpo-point2d() {  # recorded before the preset validated: no validation, as then
+  train maml-trpo-point2d maml-trpo-point2d --set train.steps=100 --set data.val_split=null; keep maml-trpo-point2d
+}
+# The preset's full 500 iterations (the paper's length): 6-10 s per iteration on one core beside
+# one or two other single-threaded jobs (79 min with validation, then 1 min of test). Every 10
+# iterations the return after 3 steps on 40 validation goals picks the tested iterate (70: it
+# falls later as the policy's std shrinks from 1.0 to 0.14 and the later test-time steps, which
+# grow like 1/std, overshoot). The later steps' size (a factor of the first) is then chosen on
+# the same validation goals (seed 1235 = the trainer's eval.seed + 1) and the test run with it.
 job_maml-trpo-point2d-full() {
   OMP_NUM_THREADS=1 train maml-trpo-point2d-full maml-trpo-point2d
-  for f in 0.5 0.25 0.1 0.05; do
-    "$FA" eval runs/maml-trpo-point2d-full --split train --episodes 40 --set learner.args.eval_later_lr_factor=$f
+  for f in 0.5 0.25 0.1; do
+    "$FA" eval runs/maml-trpo-point2d-full --split val --episodes 40 --seed 1235 --set learner.args.eval_later_lr_factor=$f
   done
-  "$FA" eval runs/maml-trpo-point2d-full --set learner.args.eval_later_lr_factor=0.1  # the best on training tasks
+  "$FA" eval runs/maml-trpo-point2d-full --set learner.args.eval_later_lr_factor=0.25  # the best on validation
   keep maml-trpo-point2d-full
 }
 # ProMP with the authors' settings on the same batch, shortened to 100 of the 500 iterations
@@ -228,10 +235,13 @@ job_maml-trpo-ml1-pick-place() { train maml-trpo-ml1-pick-place maml-trpo-ml1-pi
 job_rl2-ml1-reach-2m() { train rl2-ml1-reach-2m rl2-ml1-reach --set train.steps=16; keep rl2-ml1-reach-2m; }
 # Baselines with the same test protocol: the random initial policy adapted by the same steps
 # (outer: none, nothing is trained), and one policy pretrained on all tasks jointly by TRPO.
-job_random-point2d() { train random-point2d maml-trpo-point2d --set learner.args.outer=none --set train.steps=1; keep random-point2d; }
-job_pretrained-point2d() {
-  OMP_NUM_THREADS=1 train pretrained-point2d pretrained-point2d --set train.steps=100; keep pretrained-point2d
+job_random-point2d() {
+  train random-point2d maml-trpo-point2d --set learner.args.outer=none --set train.steps=1 --set data.val_split=null
+  keep random-point2d
 }
+# The pretrained baseline at the preset's 500 iterations (39 min): validation picks iteration 100;
+# by 500 its std is 0.03-0.05 and test-time fine-tuning diverges (-407 on validation goals).
+job_pretrained-point2d() { OMP_NUM_THREADS=1 train pretrained-point2d pretrained-point2d; keep pretrained-point2d; }
 
 # -- issue 13: hyper-parameter search (Optuna) -------------------------------------------------
 # Two `fastadapt tune` processes (one thread each: run this job alone) share one study in a

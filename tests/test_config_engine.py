@@ -101,3 +101,7 @@ def test_paper_reference_follows_the_test_time_step_count():
     assert _applicable_reference(config, None, 10, adapt_steps=10) == {}  # another K
     changed = load_config("maml-sinusoid-5shot", ["learner.args.inner_lr=0.02"])
     assert _applicable_reference(changed, None, 5, adapt_steps=10) == {}
+    # validating (or not) picks which weights are tested; the test itself is the paper's
+    for split in ("val", "null"):
+        validated = load_config("maml-sinusoid-5shot", [f"data.val_split={split}", "train.val_every=7"])
+        assert _applicable_reference(validated, None, 5)["mse"] == 0.67

@@ -167,6 +167,11 @@ def test_tiny_meta_rl_run_resumes_exactly_and_reports_every_adaptation_step(tmp_
     assert len(table) == 2 + 3 and "after 3 steps" in table[0]
     assert f"{steps['return_after_2']['mean']:.1f} ± {steps['return_after_2']['ci95']:.1f}" in table[2]
     assert table[3].startswith("| paper | MAML |") and table[3].endswith("| -40.4 | -11.7 | – | – |")
+    # validation ran at the last step only (val_every > steps), so the tested iterate is the last;
+    # where validation picked an earlier one, the table names it
+    assert record["selected_step"] == record["train_steps"] == 4 and "| 4 | " in table[2]
+    records[0]["selected_step"] = 2
+    assert "| 4 (tested: 2) | " in rl_table(records).splitlines()[2]
     rl_plot(records, tmp_path / "rl.png")
     assert (tmp_path / "rl.png").read_bytes().startswith(b"\x89PNG")
 
