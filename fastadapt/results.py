@@ -147,7 +147,7 @@ def _row(r: dict) -> str:
     reference = "–" if reference is None else (f"{100 * reference:.1f}" if percent else f"{reference}")
     return (
         f"| {r['method']} | {task} ({r['episodes']} ep.) | {value} | {reference} | "
-        f"{r['train_steps']} | {minutes:.1f} | {machine} | {preset} | {r['run']} |"
+        f"{trained_steps(r)} | {minutes:.1f} | {machine} | {preset} | {r['run']} |"
     )
 
 
@@ -197,6 +197,13 @@ def results_plot(run_dirs: list[str | Path], path: str | Path) -> None:
     fig.tight_layout()
     atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
+
+
+def trained_steps(record: dict) -> str:
+    """Training steps, and the tested step where validation selected an earlier one ("500 (tested: 70)")."""
+    selected = record.get("selected_step")
+    tested = f" (tested: {selected})" if selected is not None and selected != record["train_steps"] else ""
+    return f"{record['train_steps']}{tested}"
 
 
 def by_episode(record: dict) -> bool:

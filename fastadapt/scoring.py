@@ -188,7 +188,7 @@ def apply_test_settings(learner, name: str, items: list[str]) -> dict:
         field = key.removeprefix("learner.args.")
         if not sep:
             raise FastAdaptError(f"--set {item!r} is not key=value (e.g. --set {key}=0.1)")
-        if field == "eval_inner_steps":
+        if field in ("eval_inner_steps", "inner_steps"):  # training's inner_steps is fixed; the test's is a flag
             raise FastAdaptError(f"--set {item!r}: the number of test-time steps is --adapt-steps {raw}")
         if field == key or field not in allowed:
             what = f"{name}'s test-time settings are {', '.join(allowed)}" if allowed else f"{name} has none"

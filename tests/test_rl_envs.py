@@ -72,7 +72,8 @@ def test_metaworld_ml1_tasks_are_seeded_and_rewards_are_metaworlds_own():
     from fastadapt.rl.metaworld_env import MetaWorldTasks, ml1
 
     config = load_config(
-        "maml-trpo-point2d", ["data.dataset=ml1", "data.args={horizon: 5}", "model.backbone_args.hidden=[8]"]
+        "maml-trpo-point2d",
+        ["data.dataset=ml1", "data.val_split=null", "data.args={horizon: 5}", "model.backbone_args.hidden=[8]"],
     )
     suite = build_suite(config)
     suite.check()
@@ -94,3 +95,20 @@ def test_metaworld_ml1_tasks_are_seeded_and_rewards_are_metaworlds_own():
         _, expected, _, _, _ = own.step(action[0, 0])
         assert reward[0, 0] == pytest.approx(expected)
     assert env.success.shape == (1, 1)
+
+
+def test_rl_splits_are_checked():
+    from fastadapt.errors import FastAdaptError
+
+    # a misspelt split is refused before training, and at test time, instead of silently drawing goals
+    suite = build_suite(load_config("maml-trpo-point2d", ["data.val_split=vall"]))
+    with pytest.raises(
+        FastAdaptError, match="^data.val_split: point2d-nav has no split 'vall'; valid splits: train, val"
+    ):
+        suite.check()
+    with pytest.raises(FastAdaptError, match="point2d-nav has no split 'nosuch'"):
+        suite.fixed_set("nosuch", None, 2, 2, 3, 0)
+    # Meta-World ML1 has its own train and test tasks only: no validation split to draw from
+    ml1 = build_suite(load_config("maml-trpo-point2d", ["data.dataset=ml1", "data.args={}", "data.val_split=val"]))
+    with pytest.raises(FastAdaptError, match="data.val_split: ml1 has no split 'val'; valid splits: train, test"):
+        ml1.check()

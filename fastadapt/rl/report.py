@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from ..results import by_episode
+from ..results import by_episode, trained_steps
 from ..utils import atomic_write
 
 __all__ = ["by_episode", "rl_plot", "rl_records", "rl_table", "steps_of", "success_table"]
@@ -51,13 +51,6 @@ def steps_of(record: dict, prefix: str = "return") -> list[tuple[int, float, flo
     return sorted(out)
 
 
-def _iterations(record: dict) -> str:
-    """Training iterations, and the tested iterate where validation selected an earlier one."""
-    selected = record.get("selected_step")
-    tested = f" (tested: {selected})" if selected is not None and selected != record["train_steps"] else ""
-    return f"{record['train_steps']}{tested}"
-
-
 def _columns(width: int, episodes: bool, prefix: str = "") -> str:
     names = [f"episode {k + 1}" if episodes else f"after {k} step{'s' if k != 1 else ''}" for k in range(width)]
     return " | ".join(prefix + n for n in names)
@@ -75,7 +68,7 @@ def rl_table(records: list[dict], episodes: bool = False) -> str:
         minutes = (r.get("train_seconds") or 0) / 60
         rows.append(
             f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {_task(r)} ({r['episodes']} test tasks) | "
-            f"{_iterations(r)} | {minutes:.0f} | " + " | ".join(cells) + " |"
+            f"{trained_steps(r)} | {minutes:.0f} | " + " | ".join(cells) + " |"
         )
         reference = r.get("reference") or {}
         paper = [reference.get(f"return_after_{k}") for k in range(width)]
@@ -105,7 +98,7 @@ def success_table(records: list[dict], episodes: bool = False) -> str:
         cells += ["–"] * (width - len(cells))
         rows.append(
             f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {_task(r)} "
-            f"({r['episodes']} test tasks) | {_iterations(r)} | "
+            f"({r['episodes']} test tasks) | {trained_steps(r)} | "
             f"{(r.get('train_seconds') or 0) / 60:.0f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(rows)
