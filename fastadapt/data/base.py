@@ -61,6 +61,21 @@ class TaskSuite(abc.ABC):
     def check(self) -> None:  # noqa: B027 (an optional hook: most suites have nothing to check)
         """Fail now, before training, if training tasks cannot be drawn."""
 
+    def require_split(self, split: str, where: str = "") -> None:
+        """One-line error unless `split` is one of the suite's `splits` (`where`: the setting named)."""
+        splits = getattr(self, "splits", ())
+        if split not in splits:
+            raise FastAdaptError(
+                f"{where}{self.config.data.dataset} has no split {split!r}; valid splits: {', '.join(splits)}"
+            )
+
+    def require_config_splits(self) -> None:
+        """`require_split` for each of data.train_split / val_split / test_split that is set."""
+        for key in ("train_split", "val_split", "test_split"):
+            split = getattr(self.config.data, key)
+            if split is not None:
+                self.require_split(split, f"data.{key}: ")
+
     @abc.abstractmethod
     def fixed_set(self, split: str, ways: int | None, shots: int, queries: int, episodes: int, seed: int):
         """A fixed, seeded sequence of evaluation episodes with `save(path)`."""
@@ -86,12 +101,7 @@ class ClassificationSuite(TaskSuite):
         self.image_size = config.data.image_size
         self._loaded: dict[str, LabelledDataset] = {}
         self._train: EpisodeSampler | None = None
-        for key in ("train_split", "val_split", "test_split"):
-            split = getattr(config.data, key)
-            if split is not None and split not in self.splits:
-                raise FastAdaptError(
-                    f"data.{key}: {config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}"
-                )
+        self.require_config_splits()
         if not config.train.episodes.ways:
             raise FastAdaptError(f"dataset {config.data.dataset!r} needs train.episodes.ways (got null)")
 
@@ -144,10 +154,7 @@ class ClassificationSuite(TaskSuite):
         """The items and labels of one split (class ids 0..n-1 within the split)."""
 
     def split(self, split: str) -> LabelledDataset:
-        if split not in self.splits:
-            raise FastAdaptError(
-                f"{self.config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}"
-            )
+        self.require_split(split)
         if split not in self._loaded:
             self._loaded[split] = self.load_split(split)
         return self._loaded[split]

@@ -95,23 +95,14 @@ class RLSuite(TaskSuite):
             )
         if self.config.train.episodes.ways is not None:
             raise FastAdaptError(f"train.episodes.ways must be null for the RL dataset {self.config.data.dataset}")
-        d = self.config.data
-        for key, split in (("train_split", d.train_split), ("val_split", d.val_split), ("test_split", d.test_split)):
-            if split is not None:
-                self._require_split(split, f"data.{key}: ")
-
-    def _require_split(self, split: str, where: str = "") -> None:
-        if split not in self.splits:
-            raise FastAdaptError(
-                f"{where}{self.config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}"
-            )
+        self.require_config_splits()
 
     def train_task(self, index: int) -> RLTask:
         e = self.config.train.episodes
         return self.task(self.config.seed, index, self.config.data.train_split, e.shots, e.queries)
 
     def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
-        self._require_split(split)
+        self.require_split(split)
         stream = seed + REGRESSION_SPLIT_OFFSETS.get(split, 3_000_017)  # disjoint from training's stream
         return FixedRLTasks([self.task(stream, i, split, shots, queries) for i in range(episodes)], seed)
 
