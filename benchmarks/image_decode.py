@@ -97,11 +97,11 @@ def main() -> None:
             generate(root, args.classes, args.per_class)
             generated_s = round(time.perf_counter() - start, 1)
         os.environ["FASTADAPT_CACHE"] = str(Path(tmp) / "cache")  # a fresh cache: the first load decodes
-        from fastadapt.data import imagefolder
+        from fastadapt.data import decode_pool, imagefolder
 
         load_before = os.getloadavg()[0]  # other jobs on the machine slow the first load most
         if args.serial:
-            imagefolder._PARALLEL_MIN_IMAGES = float("inf")
+            decode_pool._PARALLEL_MIN_IMAGES = float("inf")
         start, cpu = time.perf_counter(), cpu_seconds()
         first = imagefolder.load_image_folder(root, args.size, 3)
         first_s, first_cpu = time.perf_counter() - start, cpu_seconds() - cpu
@@ -118,7 +118,7 @@ def main() -> None:
             "classes": first.num_classes,
             "size": args.size,
             "channels": 3,
-            "workers": 1 if args.serial else imagefolder._cores(),
+            "workers": 1 if args.serial else decode_pool._cores(),
             "first_s": round(first_s, 3),
             "first_images_per_s": round(n / first_s, 1),
             "cached_s": round(cached_s, 3),
@@ -132,7 +132,7 @@ def main() -> None:
             "pillow": PIL.__version__,
             "numpy": np.__version__,
             "python": platform.python_version(),
-            "cores": imagefolder._cores(),
+            "cores": decode_pool._cores(),
             "load_avg_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         }
     line = json.dumps(row)

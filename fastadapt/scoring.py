@@ -117,7 +117,10 @@ def score_run(
         dataset = suite.config.data.dataset
         data_key = dataclasses.asdict(suite.config.data)
         digest = hashlib.sha256(json.dumps(data_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
-        prefix = f"{dataset}-{test_split}-{digest}-"  # one file per data setting: other folders never overwrite it
+        # one file per data setting, so other folders never overwrite it; the run's own data on
+        # another of its splits is named by the split alone
+        own_data = data is None and not data_settings
+        prefix = f"{test_split}-" if own_data else f"{dataset}-{test_split}-{digest}-"
     test_set = suite.fixed_set(test_split, ways, shots, queries, episodes, seed)
     tag = prefix + (
         f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}"

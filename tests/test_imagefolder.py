@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from fastadapt.config import apply_overrides, config_from_dict
-from fastadapt.data import imagefolder
+from fastadapt.data import decode_pool, imagefolder
 from fastadapt.data.imagefolder import ImageFolderSuite, load_image_folder
 from fastadapt.data.images import decode_image
 from fastadapt.errors import FastAdaptError
@@ -227,10 +227,10 @@ def test_explicit_class_lists_give_exactly_those_classes(folder):
         (["data.args.split_seed=-1"], "split_seed must be a non-negative integer"),
         (
             ["data.args.train_classes=[circles,squares]", "data.args.val_classes=[squares]"],
-            "class 'squares' is listed in data.args.train_classes and in data.args.val_classes",
+            "class folder 'squares' is listed in data.args.train_classes and in data.args.val_classes",
         ),
         (["data.args.train_classes=[circles,triangles]"], "data.args.train_classes: no class folder 'triangles'"),
-        (["data.args.train_classes=[circles,7]"], "data.args.train_classes[1] must be a class-folder name"),
+        (["data.args.train_classes=[circles,7]"], "data.args.train_classes[1] must be a class folder name"),
         (["data.args.train_classes=circles"], "data.args.train_classes must be a non-empty list"),
         (["data.args.train_classes=[circles,squares]", "data.args.split_fractions=[0.5,0.5,0]"], "not both"),
         (
@@ -294,10 +294,10 @@ def test_parallel_decoding_matches_one_process(folder, monkeypatch):
         if p.suffix in (".png", ".jpg", ".bmp", ".webp") and "." not in p.parent.name + p.stem
     )
     paths.insert(3, str(folder / "README.md"))  # unreadable as an image
-    serial_items, serial_bad = imagefolder._decode_chunk(paths, SIZE, 3, "squash")
-    monkeypatch.setattr(imagefolder, "_PARALLEL_MIN_IMAGES", 1)
-    monkeypatch.setattr(imagefolder, "_CHUNK", (2, 2))
-    items, bad = imagefolder.decode_files(paths, SIZE, 3, "squash", workers=2)
+    serial_items, serial_bad = decode_pool._decode_chunk(paths, SIZE, 3, "squash")
+    monkeypatch.setattr(decode_pool, "_PARALLEL_MIN_IMAGES", 1)
+    monkeypatch.setattr(decode_pool, "_CHUNK", (2, 2))
+    items, bad = decode_pool.decode_files(paths, SIZE, 3, "squash", workers=2)
     assert (items == serial_items).all() and bad == serial_bad and list(bad) == [3]
 
 
@@ -311,11 +311,11 @@ def _slow_decode(marks: str, *args, **kwargs):
 
 def _decode_in_child(marks: str, paths: list[str]) -> None:
     """Runs in a forked child: parallel decoding whose workers hang (so only killing ends them)."""
-    imagefolder._PARALLEL_MIN_IMAGES = 1
-    imagefolder._CHUNK = (1, 1)
-    imagefolder.decode_image = lambda *a, **k: _slow_decode(marks)
+    decode_pool._PARALLEL_MIN_IMAGES = 1
+    decode_pool._CHUNK = (1, 1)
+    decode_pool.decode_image = lambda *a, **k: _slow_decode(marks)
     try:
-        imagefolder.decode_files(paths, SIZE, 3, "squash", workers=2)
+        decode_pool.decode_files(paths, SIZE, 3, "squash", workers=2)
     except KeyboardInterrupt:
         Path(marks, "interrupted").touch()
 

@@ -167,6 +167,9 @@ def test_tiny_meta_rl_run_resumes_exactly_and_reports_every_adaptation_step(tmp_
     assert len(table) == 2 + 3 and "after 3 steps" in table[0]
     assert f"{steps['return_after_2']['mean']:.1f} ± {steps['return_after_2']['ci95']:.1f}" in table[2]
     assert table[3].startswith("| paper | MAML |") and table[3].endswith("| -40.4 | -11.7 | – | – |")
+    # runs that share the paper's figures (variants, other seeds) get its row once, beneath them all
+    shared = rl_table([records[0], {**records[0], "label": "a (seed 1)"}, records[1]]).splitlines()
+    assert [row.startswith("| paper |") for row in shared[2:]] == [False, False, True, False]
     # validation ran at the last step only (val_every > steps), so the tested iterate is the last;
     # where validation picked an earlier one, the table names it
     assert record["selected_step"] == record["train_steps"] == 4 and "| 4 | " in table[2]
@@ -304,6 +307,6 @@ def test_test_time_step_sizes_change_only_the_steps_they_size_and_are_recorded(t
     # the split path keeps every data setting of the run (here its 8-step horizon): on the run's own
     # test split it reproduces the run's own result exactly
     assert main(["eval", str(run), "--split", "test"]) == 0
-    (path,) = run.glob("eval-point2d-nav-test-*.json")
+    (path,) = run.glob("eval-test-*.json")  # the run's own data on a named split: named by the split alone
     record = json.loads(path.read_text())
     assert record["other_metrics"] == base and record["data_args"]["horizon"] == 8

@@ -13,16 +13,9 @@ rebuilds the cache and unchanged folders load in a fraction of a second.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
-import sys
-import threading
-import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -33,18 +26,14 @@ import torch
 from ..errors import FastAdaptError
 from ..registry import DATASETS
 from .base import ClassificationSuite
+from .class_splits import CLASS_SPLITS, class_splits
 from .dataset import LabelledDataset
+from .decode_pool import decode_files
 from .images import IMAGE_EXTENSIONS, cache_file, cached_dataset, decode_image
 
 log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1  # bump when the listing or decoding rules change
-#: Below this many images (~1 s of decoding) one process is about as fast: starting workers and
-#: shipping arrays back costs ~0.1 s (measured), and on a busy machine the other cores are not free.
-_PARALLEL_MIN_IMAGES = 400
-_CHUNK = (16, 256)  # images per worker job: small enough to balance load and stop promptly
-DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
-CLASS_SPLITS = ("train", "val", "test")
 
 
 def _hidden(name: str) -> bool:
@@ -144,105 +133,6 @@ def scan_folder(root: str | Path) -> FolderListing:
     return FolderListing(root, [e.name for e in class_dirs], files, np.asarray(labels, np.int64), stats)
 
 
-# ----------------------------------------------------------------------------- decoding
-
-
-def _decode_chunk(paths: list[str], size: int, channels: int, resize: str) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode `paths` (runs in worker processes): uint8 (n, channels, size, size), unreadable
-    images left zero and returned as {position: one-line message}."""
-    out = np.zeros((len(paths), channels, size, size), np.uint8)
-    bad = {}
-    for i, path in enumerate(paths):
-        try:
-            out[i] = decode_image(path, size, channels, resize)
-        except FastAdaptError as exc:
-            bad[i] = str(exc)
-    return out, bad
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-def _watch_parent(parent: int, ppid: int) -> None:
-    """Exit as soon as the parent is gone (reparented, or its pid no longer exists)."""
-    while True:
-        if os.getppid() != ppid or not _alive(parent):
-            os._exit(1)
-        time.sleep(0.5)
-
-
-def _worker_init(parent: int) -> None:
-    """Make a decode worker unable to outlive `parent`: a SIGKILLed or crashed parent never runs
-    the pool's shutdown, and an orphaned worker would wait on its queue forever."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
-    if sys.platform.startswith("linux"):
-        try:  # PR_SET_PDEATHSIG: the kernel kills us when the process that forked us exits
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    threading.Thread(target=_watch_parent, args=(parent, os.getppid()), daemon=True).start()
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Kill the workers now (on Ctrl-C or an error), rather than letting them finish the queue."""
-    if hasattr(pool, "terminate_workers"):  # Python 3.14+
-        pool.terminate_workers()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def decode_files(
-    paths: list[str], size: int, channels: int = 3, resize: str = "squash", workers: int | None = None
-) -> tuple[np.ndarray, dict[int, str]]:
-    """Decode image files to uint8 (n, channels, size, size), in path order.
-
-    Returns the array and {index: message} for unreadable files (their rows are zero). Decoding
-    holds the GIL, so folders of `_PARALLEL_MIN_IMAGES` or more are split over `workers` processes
-    (default: one per usable core); they die with this process. If workers cannot start,
-    decoding falls back to this process with a warning.
-    """
-    n = len(paths)
-    workers = min(workers or _cores(), n)
-    if workers > 1 and n >= _PARALLEL_MIN_IMAGES:
-        step = int(np.clip(n // (workers * 8), *_CHUNK))
-        items, bad = np.zeros((n, channels, size, size), np.uint8), {}
-        pool = None
-        try:
-            pool = ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(os.getpid(),))
-            jobs = {
-                pool.submit(_decode_chunk, paths[i : i + step], size, channels, resize): i for i in range(0, n, step)
-            }
-            for job in as_completed(jobs):
-                array, errors = job.result()
-                start = jobs[job]
-                items[start : start + len(array)] = array
-                bad.update({start + j: message for j, message in errors.items()})
-            pool.shutdown()
-            return items, bad
-        except (OSError, BrokenProcessPool) as exc:  # no /dev/shm, process limits, a worker killed (OOM)...
-            warnings.warn(f"parallel image decoding failed ({type(exc).__name__}: {exc}); decoding in one process")
-            if pool is not None:
-                _stop(pool)
-        except BaseException:
-            if pool is not None:
-                _stop(pool)
-            raise
-    return _decode_chunk(paths, size, channels, resize)
-
-
 # ----------------------------------------------------------------------------- loading
 
 
@@ -318,60 +208,6 @@ def load_image_folder(
         f"imagefolder/{root.name}",
         [os.path.join(root, s) for s in dataset.sources],
     )
-
-
-def _apportion(fractions: list[float], n: int) -> np.ndarray:
-    """Split n classes by `fractions` (largest remainder: counts sum to n, each within 1 of its share)."""
-    raw = np.asarray(fractions, np.float64) / sum(fractions) * n  # exact sum, so floors never exceed n
-    counts = np.floor(raw + 1e-9).astype(np.int64)
-    extra = np.argsort(-(raw - counts), kind="stable")[: n - counts.sum()]
-    counts[extra] += 1
-    return counts
-
-
-def class_splits(args, classes: list[str], root: Path) -> dict[str, np.ndarray]:
-    """Class ids (sorted) of the train / val / test splits that `args` defines: the explicit
-    `*_classes` lists, else `split_fractions` of the classes shuffled by `split_seed`.
-    Raises one-line FastAdaptErrors naming the bad `data.args` key."""
-    lists = {s: getattr(args, f"{s}_classes") for s in CLASS_SPLITS if getattr(args, f"{s}_classes") is not None}
-    if lists:
-        if args.split_fractions is not None:
-            raise FastAdaptError(
-                "data.args: give class lists (train_classes, val_classes, test_classes) or split_fractions, not both"
-            )
-        index, owner, out = {c: i for i, c in enumerate(classes)}, {}, {}
-        for split, names in lists.items():
-            key = f"data.args.{split}_classes"
-            if not isinstance(names, list) or not names:
-                raise FastAdaptError(f"{key} must be a non-empty list of class-folder names, got {names!r}")
-            for j, name in enumerate(names):
-                if not isinstance(name, str):
-                    raise FastAdaptError(
-                        f"{key}[{j}] must be a class-folder name (a string), got {name!r}; quote "
-                        f"names that YAML reads as numbers or booleans, e.g. '007'"
-                    )
-                if name not in index:
-                    shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
-                    raise FastAdaptError(f"{key}: no class folder {name!r} in {root} ({len(classes)} classes: {shown})")
-                if name in owner:
-                    raise FastAdaptError(
-                        f"class {name!r} is listed in data.args.{owner[name]}_classes and in {key}; "
-                        f"each class belongs to one split"
-                    )
-                owner[name] = split
-            out[split] = np.sort([index[name] for name in names])
-        return out
-    fractions = DEFAULT_FRACTIONS if args.split_fractions is None else args.split_fractions
-    if len(fractions) != 3 or not all(np.isfinite(f) and f >= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise FastAdaptError(
-            f"data.args.split_fractions must be 3 non-negative shares of the classes for "
-            f"train, val and test summing to 1, e.g. [0.6, 0.2, 0.2]; got {list(fractions)}"
-        )
-    if args.split_seed < 0:
-        raise FastAdaptError(f"data.args.split_seed must be a non-negative integer, got {args.split_seed}")
-    order = np.random.default_rng(args.split_seed).permutation(len(classes))
-    ends = np.cumsum(_apportion(fractions, len(classes)))
-    return {s: np.sort(order[a:b]) for s, a, b in zip(CLASS_SPLITS, [0, *ends[:-1]], ends)}
 
 
 @DATASETS.register("imagefolder")

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import FastAdaptError
 from ..registry import DATASETS
 from ..text.corpora import TextCorpus
-from .imagefolder import CLASS_SPLITS, DEFAULT_FRACTIONS, _apportion
+from .class_splits import class_splits
 from .text import EncoderArgs, TextSuite
 
 FORMATS = ("csv", "tsv", "jsonl", "lines")
@@ -189,43 +189,6 @@ def read_text_table(
     return TextTable(path, texts, labels if label_column is not None else None, lines)
 
 
-def label_splits(args, classes: list[str], path: Path) -> dict[str, np.ndarray]:
-    """Class ids (sorted) of train / val / test: the `*_classes` label lists, else
-    `split_fractions` of the labels shuffled by `split_seed` (as imagefolder does for folders)."""
-    lists = {s: getattr(args, f"{s}_classes") for s in CLASS_SPLITS if getattr(args, f"{s}_classes") is not None}
-    if lists:
-        if args.split_fractions is not None:
-            raise FastAdaptError(
-                "data.args: give label lists (train_classes, val_classes, test_classes) or split_fractions, not both"
-            )
-        index, owner, out = {c: i for i, c in enumerate(classes)}, {}, {}
-        for split, names in lists.items():
-            key = f"data.args.{split}_classes"
-            if not isinstance(names, list) or not names:
-                raise FastAdaptError(f"{key} must be a non-empty list of labels, got {names!r}")
-            for name in names:
-                name = str(name)
-                if name not in index:
-                    shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
-                    raise FastAdaptError(f"{key}: label {name!r} is not in {path} ({len(classes)} labels: {shown})")
-                if name in owner:
-                    raise FastAdaptError(
-                        f"label {name!r} is in data.args.{owner[name]}_classes and in {key}; give it once"
-                    )
-                owner[name] = split
-            out[split] = np.sort([index[str(n)] for n in names]).astype(np.int64)
-        return out
-    fractions = DEFAULT_FRACTIONS if args.split_fractions is None else args.split_fractions
-    if len(fractions) != 3 or not all(np.isfinite(f) and f >= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise FastAdaptError(
-            f"data.args.split_fractions must be 3 non-negative shares of the labels for train, val "
-            f"and test summing to 1, e.g. [0.6, 0.2, 0.2]; got {list(fractions)}"
-        )
-    order = np.random.default_rng(args.split_seed).permutation(len(classes))
-    ends = np.cumsum(_apportion(fractions, len(classes)))
-    return {s: np.sort(order[a:b]) for s, a, b in zip(CLASS_SPLITS, [0, *ends[:-1]], ends)}
-
-
 @DATASETS.register("textfile")
 class TextFileSuite(TextSuite):
     """Few-shot classification over the labels of a user's text file (see the module docstring)."""
@@ -278,4 +241,4 @@ class TextFileSuite(TextSuite):
         return TextCorpus(table.texts, labels, classes, f"textfile/{table.path.name}")
 
     def class_split_ids(self, pool: TextCorpus) -> dict[str, np.ndarray]:
-        return label_splits(self.args, pool.class_names, self._path())
+        return class_splits(self.args, pool.class_names, self._path(), noun="label")

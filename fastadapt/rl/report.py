@@ -56,13 +56,25 @@ def _columns(width: int, episodes: bool, prefix: str = "") -> str:
     return " | ".join(prefix + n for n in names)
 
 
+def _paper_row(record: dict, width: int) -> str:
+    """The paper's row for `record`'s reference ("" when it has none for these steps)."""
+    reference = record.get("reference") or {}
+    paper = [reference.get(f"return_after_{k}") for k in range(width)]
+    if all(v is None for v in paper):
+        return ""
+    cells = " | ".join("–" if v is None else f"{v}" for v in paper)
+    return f"| paper | {reference.get('paper', '')} | | | | {cells} |"
+
+
 def rl_table(records: list[dict], episodes: bool = False) -> str:
     """Markdown: one row per run, return ± 95% CI after 0, 1, 2, ... steps (`episodes`: in episode
-    1, 2, ... of a trial); the paper's row beneath."""
+    1, 2, ... of a trial); the paper's row beneath, once under consecutive runs that share it (a
+    run, its test-setting variants, its other seeds)."""
     width = max((len(steps_of(r)) for r in records), default=0)
     head = "| run | method | task | train iterations | train min | " + _columns(width, episodes)
     rows = [head + " |", "|" + " --- |" * (5 + width)]
-    for r in records:
+    papers = [_paper_row(r, width) for r in records] + [""]
+    for i, r in enumerate(records):
         cells = [f"{mean:.1f} ± {ci:.1f}" for _, mean, ci in steps_of(r)]
         cells += ["–"] * (width - len(cells))  # fewer test-time steps than the widest run
         minutes = (r.get("train_seconds") or 0) / 60
@@ -70,14 +82,8 @@ def rl_table(records: list[dict], episodes: bool = False) -> str:
             f"| {r.get('label', Path(r['run']).name)} | {r['method']} | {_task(r)} ({r['episodes']} test tasks) | "
             f"{trained_steps(r)} | {minutes:.0f} | " + " | ".join(cells) + " |"
         )
-        reference = r.get("reference") or {}
-        paper = [reference.get(f"return_after_{k}") for k in range(width)]
-        if any(v is not None for v in paper):
-            rows.append(
-                f"| paper | {reference.get('paper', '')} | | | | "
-                + " | ".join("–" if v is None else f"{v}" for v in paper)
-                + " |"
-            )
+        if papers[i] and papers[i] != papers[i + 1]:
+            rows.append(papers[i])
     return "\n".join(rows)
 
 
