@@ -135,8 +135,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the shipped presets")
 
-    results = sub.add_parser("results", help="markdown results table from run folders")
-    results.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    results = sub.add_parser("results", help="markdown results table from run folders (or folders of them)")
+    results.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders, or folders of them (runs/)"
+    )
     results.add_argument("--out", type=Path, help="also write the table to this file")
     results.add_argument("--plot", type=Path, help="also write a PNG comparing the methods' accuracies")
     return parser

@@ -66,8 +66,23 @@ def read_result(path: str | Path, run_dir: str | Path | None = None) -> dict:
     raise FastAdaptError(f"result file {path} is unusable: {problem}; {fix}")
 
 
+def _is_run(folder: Path) -> bool:
+    return (folder / "config.yaml").is_file() or any(folder.glob("eval*.json"))
+
+
+def expand_run_dirs(run_dirs: list[Path]) -> list[Path]:
+    """`run_dirs` with each folder of run folders (`runs/`, `results/`) replaced by its run
+    folders in name order; run folders and anything else are kept as given."""
+    out = []
+    for folder in map(Path, run_dirs):
+        inner = sorted(c for c in folder.iterdir() if c.is_dir() and _is_run(c)) if folder.is_dir() else []
+        out += inner if inner and not _is_run(folder) else [folder]
+    return out
+
+
 def _records(run_dirs: list[Path]) -> list[dict]:
     records = []
+    run_dirs = expand_run_dirs(run_dirs)
     for run_dir in run_dirs:
         files = sorted(Path(run_dir).glob("eval*.json"))
         if not files:  # a glob such as runs/* also names runs still training, or folders that are not runs

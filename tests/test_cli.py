@@ -115,7 +115,11 @@ def test_train_eval_and_lake_on_a_background_run(real_data_root, tmp_path, capsy
     assert "training has no eval.json yet; left out" in shown and "other is not a run folder; left out" in shown
     assert main(["results", *folders[1:]]) == 2  # nothing at all to show: an error
     assert "none of the 2 folders holds a result" in capsys.readouterr().err
+    # the folder holding the runs names them all (the run, the one still training; "other" is not one)
+    with pytest.warns(UserWarning, match="training has no eval.json yet"):
+        assert main(["results", str(tmp_path), "--out", str(tmp_path / "whole.md")]) == 0
     table = (tmp_path / "RESULTS.md").read_text()
+    assert (tmp_path / "whole.md").read_text() == table
     main_record = json.loads((run / "eval.json").read_text())
     assert f"{100 * main_record['accuracy']:.2f} ± {100 * main_record['ci95']:.2f}" in table
     assert f"| {100 * lake['accuracy']:.2f} |" in table and table.count("\n") == 2 + 3  # header + 3 rows
