@@ -86,7 +86,13 @@ def _records(run_dirs: list[Path]) -> list[dict]:
     for run_dir in run_dirs:
         files = sorted(Path(run_dir).glob("eval*.json"))
         if not files:  # a glob such as runs/* also names runs still training, or folders that are not runs
-            what = "has no eval.json yet" if (Path(run_dir) / "config.yaml").is_file() else "is not a run folder"
+            what = (
+                "does not exist"
+                if not Path(run_dir).exists()
+                else "has no eval.json yet"
+                if (Path(run_dir) / "config.yaml").is_file()
+                else "is not a run folder"
+            )
             warnings.warn(f"{run_dir} {what}; left out of the table (train it, or `fastadapt eval` it, first)")
             continue
         for path in files:
@@ -119,7 +125,8 @@ def _benchmark(r: dict) -> str:
             where = f"{Path(str(root)).name}, " if root else ""
             split = f" ({where}{r['split']}; trained on {trained})"
         else:
-            split = "" if r.get("split", "test") == "test" else f" ({r['split']} alphabets)"
+            unit = "alphabets" if r["dataset"] == "omniglot" else "classes"
+            split = "" if r.get("split", "test") == "test" else f" ({r['split']} {unit})"
         return f"{r['dataset']}{split} {r['ways']}-way {r['shots']}-shot"
     steps = r.get("adapt_steps")
     after = f", {steps} step{'s' if steps != 1 else ''}" if steps else ""

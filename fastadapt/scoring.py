@@ -109,6 +109,8 @@ def score_run(
         if adapt_steps < 1:
             raise FastAdaptError(f"--adapt-steps must be >= 1, got {adapt_steps}")
         learner.eval_inner_steps = adapt_steps
+    if split is not None and not split.strip():
+        raise FastAdaptError("--split is empty; name a split (e.g. test, val, all) or drop --split")
     suite, dataset, test_split, prefix = trainer.suite, config.data.dataset, config.data.test_split, ""
     if data is not None or data_settings or split is not None:
         suite, test_split = cross_domain_suite(
@@ -232,6 +234,8 @@ def cross_domain_suite(
     from .registry import DATASETS
 
     suite_cls = DATASETS.get(dataset)
+    if suite_cls.problem != trainer.suite.problem:  # before its settings, which would be checked for the wrong kind
+        raise FastAdaptError(f"{dataset} is a {suite_cls.problem} dataset but the run learned {trainer.suite.problem}")
     shape = tuple(trainer.model_info["input_shape"])
     # the run's own dataset keeps every setting it was trained with (horizon, class split, ...);
     # `settings` then change only what they name

@@ -108,13 +108,14 @@ def test_train_eval_and_lake_on_a_background_run(real_data_root, tmp_path, capsy
     (tmp_path / "training").mkdir()
     (tmp_path / "training" / "config.yaml").write_text((run / "config.yaml").read_text())
     (tmp_path / "other").mkdir()
-    folders = [str(run), str(tmp_path / "training"), str(tmp_path / "other")]
+    folders = [str(run), str(tmp_path / "training"), str(tmp_path / "other"), str(tmp_path / "gone")]
     with pytest.warns(UserWarning) as caught:
         assert main(["results", *folders, "--out", str(tmp_path / "RESULTS.md")]) == 0
     shown = " ".join(str(w.message) for w in caught)
     assert "training has no eval.json yet; left out" in shown and "other is not a run folder; left out" in shown
+    assert "gone does not exist; left out" in shown
     assert main(["results", *folders[1:]]) == 2  # nothing at all to show: an error
-    assert "none of the 2 folders holds a result" in capsys.readouterr().err
+    assert "none of the 3 folders holds a result" in capsys.readouterr().err
     # the folder holding the runs names them all (the run, the one still training; "other" is not one)
     with pytest.warns(UserWarning, match="training has no eval.json yet"):
         assert main(["results", str(tmp_path), "--out", str(tmp_path / "whole.md")]) == 0

@@ -351,6 +351,15 @@ def test_uneven_classes_draw_disjoint_support_and_query_of_the_right_class():
     assert seen_classes == set(range(6))  # the 3-example class is drawn too (it has shots + queries)
 
 
+def test_too_few_classes_for_the_ways_is_one_line_that_says_how_to_fix_it():
+    with pytest.raises(FastAdaptError) as few:
+        EpisodeSampler(uneven_pool(sizes=(3, 4)), ways=3, shots=1, queries=1, seed=0)
+    assert "it has only 2 classes; lower ways to at most 2" in str(few.value)
+    with pytest.raises(FastAdaptError) as one:
+        EpisodeSampler(uneven_pool(sizes=(4,)), ways=2, shots=1, queries=1, seed=0)
+    assert "it has only 1 class; give that split more classes" in str(one.value) and "\n" not in str(one.value)
+
+
 def test_uneven_draw_equals_the_equal_size_draw_when_sizes_are_equal():
     """The per-class draw reads the same random stream as the (ways, size) draw, so Omniglot's
     episodes did not change when the sampler learned about uneven classes."""

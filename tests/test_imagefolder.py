@@ -232,6 +232,7 @@ def test_explicit_class_lists_give_exactly_those_classes(folder):
         (["data.args.train_classes=[circles,triangles]"], "data.args.train_classes: no class folder 'triangles'"),
         (["data.args.train_classes=[circles,7]"], "data.args.train_classes[1] must be a class folder name"),
         (["data.args.train_classes=circles"], "data.args.train_classes must be a non-empty list"),
+        (["data.args.train_classes=[circles,circles]"], "class folder 'circles' is listed twice in data.args.train_"),
         (["data.args.train_classes=[circles,squares]", "data.args.split_fractions=[0.5,0.5,0]"], "not both"),
         (
             ["data.args.train_classes=[circles,squares]", "data.args.test_classes=[stars]"],

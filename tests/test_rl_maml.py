@@ -295,6 +295,8 @@ def test_test_time_step_sizes_change_only_the_steps_they_size_and_are_recorded(t
         (["--set", "learner.args.eval_inner_steps=2"], "the number of test-time steps is --adapt-steps 2"),
         (["--set", "learner.args.inner_steps=2"], "the number of test-time steps is --adapt-steps 2"),
         (["--split", "nosuch"], "point2d-nav has no split 'nosuch'; valid splits: train, val, test"),
+        (["--split", ""], "--split is empty; name a split"),
+        (["--data", "imagefolder"], "imagefolder is a classification dataset but the run learned rl"),
         (["--set", "learner.args.eval_later_lr_factor=-1"], "eval_later_lr_factor = -1.0 is out of range"),
         (["--set", "train.steps=3"], "the others need `fastadapt train`"),
         (["--set", "eval.episodes=3"], "use --episodes"),

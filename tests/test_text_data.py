@@ -226,6 +226,8 @@ def test_textfile_splits_by_lists_and_by_fractions(tmp_path):
     assert s.texts("train").texts[:3] == [f"sentence {j} about topic 0" for j in range(3)]
     message = one_line_error(lambda: suite(path, train_classes=["topic0", "nope"]).texts("train"))
     assert "data.args.train_classes: no label 'nope' in" in message
+    message = one_line_error(lambda: suite(path, train_classes=["topic0", "topic1"]).texts("test"))
+    assert "has no 'test' split: data.args lists labels for train only; add data.args.test_classes" in message
     ids = suite(path, split_fractions=[0.6, 0.2, 0.2], split_seed=3).class_split_ids(s.pool())
     assert [len(ids[k]) for k in ("train", "val", "test")] == [6, 2, 2]
     assert len(set(np.concatenate(list(ids.values())))) == 10  # disjoint and complete

@@ -50,6 +50,8 @@ def class_splits(args, classes: list[str], source: str | Path, noun: str = "clas
                 if name not in index:
                     shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
                     raise FastAdaptError(f"{key}: no {noun} {name!r} in {source} ({len(classes)} {noun}s: {shown})")
+                if owner.get(name) == split:
+                    raise FastAdaptError(f"{noun} {name!r} is listed twice in {key}; give it once")
                 if name in owner:
                     raise FastAdaptError(
                         f"{noun} {name!r} is listed in data.args.{owner[name]}_classes and in {key}; "

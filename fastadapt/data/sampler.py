@@ -46,9 +46,14 @@ def check_request(dataset: LabelledDataset, ways: int, shots: int, queries: int,
         raise FastAdaptError(f"episode seed must be a non-negative integer, got {seed!r}")
     n_classes = dataset.num_classes
     if ways > n_classes:
-        raise FastAdaptError(
-            f"cannot draw {ways}-way episodes from {dataset.name}: it has only {n_classes} classes; "
+        fix = (
             f"lower ways to at most {n_classes} or use a split with more classes"
+            if n_classes > 1
+            else "give that split more classes (your own data: data.args.split_fractions or data.args.*_classes)"
+        )
+        raise FastAdaptError(
+            f"cannot draw {ways}-way episodes from {dataset.name}: it has only {n_classes} "
+            f"class{'es' if n_classes != 1 else ''}; {fix}"
         )
     need = shots + queries
     small = np.flatnonzero(dataset.counts < need)

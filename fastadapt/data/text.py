@@ -180,6 +180,12 @@ class TextSuite(ClassificationSuite):
 
     def _split_ids(self, split: str) -> np.ndarray:
         ids = self.class_split_ids(self.pool())
+        if split not in ids and split in self.splits:  # a user's data.args lists leave this split out
+            raise FastAdaptError(
+                f"{self.config.data.dataset} has no {split!r} split: data.args lists labels for "
+                f"{', '.join(ids)} only; add data.args.{split}_classes, or set data.{split}_split to "
+                f"another split (e.g. all) or null"
+            )
         if split not in ids:
             raise FastAdaptError(
                 f"{self.config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}"
