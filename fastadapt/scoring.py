@@ -111,6 +111,8 @@ def score_run(
         learner.eval_inner_steps = adapt_steps
     if split is not None and not split.strip():
         raise FastAdaptError("--split is empty; name a split (e.g. test, val, all) or drop --split")
+    if split == config.data.test_split and data is None and not data_settings:
+        split = None  # the run's own test: the same result as without --split, in the same file
     suite, dataset, test_split, prefix = trainer.suite, config.data.dataset, config.data.test_split, ""
     if data is not None or data_settings or split is not None:
         suite, test_split = cross_domain_suite(

@@ -5,6 +5,7 @@ step, TRPO's trust region, and a tiny end-to-end meta-RL run with exact resume."
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -306,9 +307,30 @@ def test_test_time_step_sizes_change_only_the_steps_they_size_and_are_recorded(t
         assert main(["eval", str(run), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
-    # the split path keeps every data setting of the run (here its 8-step horizon): on the run's own
-    # test split it reproduces the run's own result exactly
+    # naming the run's own test split is the run's own test: the same result, in eval.json
     assert main(["eval", str(run), "--split", "test"]) == 0
-    (path,) = run.glob("eval-test-*.json")  # the run's own data on a named split: named by the split alone
+    assert json.loads((run / "eval.json").read_text())["other_metrics"] == base
+    assert not list(run.glob("eval-test-*.json"))
+    # another split keeps every data setting of the run (here its 8-step horizon): on the trainer's
+    # own validation goals (eval.seed + 1, val_episodes) it reproduces the trainer's validation return
+    config = load_config("maml-trpo-point2d", TINY + ["train.steps=1"])
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--split",
+                "val",
+                "--episodes",
+                str(config.train.val_episodes),
+                "--seed",
+                str(config.eval.seed + 1),
+            ]
+        )
+        == 0
+    )
+    (path,) = run.glob("eval-val-*.json")  # the run's own data on a named split: named by the split alone
     record = json.loads(path.read_text())
-    assert record["other_metrics"] == base and record["data_args"]["horizon"] == 8
+    with open(run / "metrics.csv") as f:
+        validated = [row for row in csv.DictReader(f) if row["val_metric"]]
+    assert record["return"] == float(validated[-1]["val_metric"]) and record["data_args"]["horizon"] == 8
