@@ -111,7 +111,8 @@ def score_run(
         learner.eval_inner_steps = adapt_steps
     if split is not None and not split.strip():
         raise FastAdaptError("--split is empty; name a split (e.g. test, val, all) or drop --split")
-    if split == config.data.test_split and data is None and not data_settings:
+    own_data = data is None and not data_settings
+    if split == config.data.test_split and own_data:
         split = None  # the run's own test: the same result as without --split, in the same file
     suite, dataset, test_split, prefix = trainer.suite, config.data.dataset, config.data.test_split, ""
     if data is not None or data_settings or split is not None:
@@ -119,12 +120,12 @@ def score_run(
             trainer, data or dataset, data_settings or [], split, data_root, (ways, shots, queries)
         )
         dataset = suite.config.data.dataset
-        data_key = dataclasses.asdict(suite.config.data)
-        digest = hashlib.sha256(json.dumps(data_key, sort_keys=True, default=str).encode()).hexdigest()[:8]
         # one file per data setting, so other folders never overwrite it; the run's own data on
         # another of its splits is named by the split alone
-        own_data = data is None and not data_settings
-        prefix = f"{test_split}-" if own_data else f"{dataset}-{test_split}-{digest}-"
+        prefix = f"{test_split}-"
+        if not own_data:
+            data_key = json.dumps(dataclasses.asdict(suite.config.data), sort_keys=True, default=str)
+            prefix = f"{dataset}-{prefix}{hashlib.sha256(data_key.encode()).hexdigest()[:8]}-"
     test_set = suite.fixed_set(test_split, ways, shots, queries, episodes, seed)
     tag = prefix + (
         f"{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}"
@@ -263,8 +264,6 @@ def cross_domain_suite(
         raw["train"]["episodes"].update(zip(("shots", "queries"), episode_shape[1:]))  # this suite only tests
     config = config_from_dict(raw)
     suite = suite_cls(config, data_root, False)
-    if suite.problem != trainer.suite.problem:
-        raise FastAdaptError(f"{dataset} is a {suite.problem} dataset but the run learned {trainer.suite.problem}")
     if tuple(suite.input_shape) != shape:
         raise FastAdaptError(
             f"{dataset} ({chosen}) gives inputs of shape {tuple(suite.input_shape)} but the run's model "

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import FastAdaptError
 
-__all__ = ["CLASS_SPLITS", "DEFAULT_FRACTIONS", "apportion", "class_splits"]
+__all__ = ["CLASS_SPLITS", "DEFAULT_FRACTIONS", "apportion", "class_splits", "require_listed"]
 
 DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
 CLASS_SPLITS = ("train", "val", "test")
@@ -71,3 +71,12 @@ def class_splits(args, classes: list[str], source: str | Path, noun: str = "clas
     order = np.random.default_rng(args.split_seed).permutation(len(classes))
     ends = np.cumsum(apportion(fractions, len(classes)))
     return {s: np.sort(order[a:b]) for s, a, b in zip(CLASS_SPLITS, [0, *ends[:-1]], ends)}
+
+
+def require_listed(splits: dict[str, np.ndarray], split: str, dataset: str, what: str = "classes") -> None:
+    """One-line error when `split` is one the `*_classes` lists of `class_splits` leave out."""
+    if split not in splits:
+        raise FastAdaptError(
+            f"{dataset} has no {split!r} split: data.args lists {what} for {', '.join(splits)} only; add "
+            f"data.args.{split}_classes, or set data.{split}_split to another split (e.g. all) or null"
+        )

@@ -26,7 +26,7 @@ import torch
 from ..errors import FastAdaptError
 from ..registry import DATASETS
 from .base import ClassificationSuite
-from .class_splits import CLASS_SPLITS, class_splits
+from .class_splits import CLASS_SPLITS, class_splits, require_listed
 from .dataset import LabelledDataset
 from .decode_pool import decode_files
 from .images import IMAGE_EXTENSIONS, cache_file, cached_dataset, decode_image
@@ -257,12 +257,7 @@ class ImageFolderSuite(ClassificationSuite):
             data = self.load_all()
             return LabelledDataset(data.items, data.labels, data.class_names, f"{data.name}/all", data.sources)
         splits = class_splits(self.args, listing.classes, listing.root)  # checked before the slow decode
-        if split not in splits:
-            raise FastAdaptError(
-                f"imagefolder has no {split!r} split: data.args lists classes for "
-                f"{', '.join(splits)} only; add data.args.{split}_classes, or set "
-                f"data.{split}_split to another split (e.g. all) or null"
-            )
+        require_listed(splits, split, "imagefolder")
         if not len(splits[split]):
             sizes = "/".join(str(len(splits[s])) for s in CLASS_SPLITS)
             raise FastAdaptError(

@@ -32,6 +32,8 @@ import torch
 from ..errors import FastAdaptError
 from ..paths import resolve_data_root
 from .base import ClassificationSuite
+from .class_splits import CLASS_SPLITS as LISTED_SPLITS
+from .class_splits import require_listed
 from .dataset import LabelledDataset
 
 #: Episodic class splits shipped per benchmark (scripts/make_text_splits.py writes them).
@@ -180,12 +182,8 @@ class TextSuite(ClassificationSuite):
 
     def _split_ids(self, split: str) -> np.ndarray:
         ids = self.class_split_ids(self.pool())
-        if split not in ids and split in self.splits:  # a user's data.args lists leave this split out
-            raise FastAdaptError(
-                f"{self.config.data.dataset} has no {split!r} split: data.args lists labels for "
-                f"{', '.join(ids)} only; add data.args.{split}_classes, or set data.{split}_split to "
-                f"another split (e.g. all) or null"
-            )
+        if split in LISTED_SPLITS:  # one the user's data.args lists may leave out (textfile)
+            require_listed(ids, split, self.config.data.dataset, "labels")
         if split not in ids:
             raise FastAdaptError(
                 f"{self.config.data.dataset} has no split {split!r}; valid splits: {', '.join(self.splits)}"
