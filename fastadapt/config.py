@@ -114,6 +114,9 @@ class TrainConfig:
     lr_gamma: float = ranged(0.5, 0, 1, low_open=True)
     val_every: int = ranged(500, 1)
     val_episodes: int = ranged(200, 1)
+    # The validation metric that picks best.safetensors; null: the learner's main one. RL learners
+    # also take return_after_<k> (the return after k adaptation steps, or in trial episode k).
+    select_metric: str | None = None
     checkpoint_every: int = ranged(250, 1)
     log_every: int = ranged(50, 1)
     engine: Engine = "auto"  # auto | serial | fork | vmap (see fastadapt.engine)
@@ -324,6 +327,29 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
                 raise FastAdaptError(f"--set {item!r}: {part!r} is not a section")
         node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
     return values
+
+
+# A settings block and the setting that names what it configures.
+_BLOCK_OWNERS = {"data.args": ("data.dataset", "dataset"), "learner.args": ("learner.name", "learner")}
+_BLOCK_OWNERS["model.backbone_args"] = ("model.backbone", "backbone")
+
+
+def with_preset_hint(config: Config, exc: FastAdaptError) -> FastAdaptError:
+    """`exc`, or for an unknown key that the preset set for the component a `--set` replaced (e.g.
+    banking77's data.args.class_split after --set data.dataset=textfile), the same message saying
+    so: `--set data.args.path=...` merges into the preset's block, it does not replace it."""
+    found = re.match(r"unknown setting (data\.args|learner\.args|model\.backbone_args)\.(\w+);", str(exc))
+    if not found:
+        return exc
+    block, key = found.groups()
+    owner, what = _BLOCK_OWNERS[block]
+    changed = [item.partition("=")[0] for item in config.overrides]
+    if owner not in changed or block in changed or f"{block}.{key}" in changed:
+        return exc
+    return FastAdaptError(
+        f"{exc}; {block}.{key} comes from the preset, written for its own {what}: after --set "
+        f"{owner}=..., replace the whole block, e.g. --set '{block}={{...}}'"
+    )
 
 
 def load_config(preset_or_path: str, overrides: list[str] | None = None) -> Config:

@@ -4,7 +4,7 @@ of a search space) before any data is loaded."""
 
 from __future__ import annotations
 
-from .config import Config, config_from_dict
+from .config import Config, config_from_dict, with_preset_hint
 from .errors import FastAdaptError
 from .registry import BACKBONES, DATASETS, LEARNERS
 
@@ -32,18 +32,42 @@ def check_config(config: Config) -> None:
     """Fail fast, before any data is loaded. Each setting's own range is checked when the config
     is built (fastadapt.config: `ranged`, `matching`, Literal choices); this checks the names of
     the registered parts and the settings that depend on each other."""
+    try:
+        _check_config(config)
+    except FastAdaptError as exc:
+        raise with_preset_hint(config, exc) from None
+
+
+def _check_config(config: Config) -> None:
     config_from_dict(config.to_dict())  # the ranges again, for a Config built in code
     from .learners.base import parse_args
     from .models import parse_settings
 
     learner_cls = LEARNERS.get(config.learner.name)
+    learner_args = None
     if getattr(learner_cls, "Args", None) is not None:
-        parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
+        learner_args = parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
+    select = config.train.select_metric
+    if select is not None:
+        choices = learner_cls.selectable_metrics(learner_args)
+        if select not in choices:
+            fix = (
+                f"give one of {', '.join(choices)}, or null for the main metric"
+                if choices
+                else "it selects on its main metric only, so leave train.select_metric null"
+            )
+            raise FastAdaptError(
+                f"train.select_metric: {select!r} is not a validation metric of learner {config.learner.name}; {fix}"
+            )
     backbone_args = None
     backbone_cls = BACKBONES.get(config.model.backbone)
     if getattr(backbone_cls, "Args", None) is not None:
         backbone_args = parse_settings(backbone_cls.Args, config.model.backbone_args, "model.backbone_args")
     dataset_cls = DATASETS.get(config.data.dataset)
+    if getattr(dataset_cls, "Args", None) is not None:
+        from .data.base import parse_data_args
+
+        parse_data_args(dataset_cls, config)  # keys and types only: no file is read here
     problem = getattr(dataset_cls, "problem", None)
     if (problem == "rl") != (getattr(learner_cls, "problem", None) == "rl"):  # RL tasks need an RL learner
         raise FastAdaptError(

@@ -7,6 +7,7 @@ sample standard deviation (ddof=1) of the per-episode metric over the n fixed te
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterable, Sequence
 
@@ -74,8 +75,9 @@ METRICS: dict[str, bool] = {
 
 
 def higher_is_better(metric: str) -> bool:
+    """The declared direction of `metric`; `<metric>_after_<k>` (after k adaptation steps) shares it."""
     try:
-        return METRICS[metric]
+        return METRICS[re.sub(r"_after_\d+$", "", metric)]
     except KeyError:
         raise ValueError(f"unknown metric {metric!r}; declare its direction in fastadapt.evaluate.METRICS") from None
 

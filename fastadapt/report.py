@@ -13,10 +13,13 @@ COLUMNS = ["step", "lr", "train_loss", "train_metric", "val_metric", "val_ci95",
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
+    # then any other validation metrics the learner reports (val_return_after_1, ...), in first-seen order
+    extra = list(dict.fromkeys(k for row in history for k in row if k.startswith("val_") and k not in COLUMNS))
+    columns = COLUMNS + extra
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     atomic_write_text(path, buffer.getvalue())
 
 

@@ -131,8 +131,11 @@ def _benchmark(r: dict) -> str:
     steps = r.get("adapt_steps")
     after = f", {steps} step{'s' if steps != 1 else ''}" if steps else ""
     after += "".join(f", {key} {value}" for key, value in (r.get("test_settings") or {}).items())
+    # an eval's own data settings and, off the test split, its seed: rows that differ only there
+    # (another horizon; the trainer's validation seed or another) are told apart
+    after += "".join(f", {item.removeprefix('data.args.')}" for item in r.get("data_settings") or [])
     if r.get("split", "test") != "test":
-        after += f", {r['split']} tasks"
+        after += f", {r['split']} tasks, seed {r['seed']}"
     if r.get("metric") == "return":  # meta-RL: tasks are environments, shots are rollouts
         env = (r.get("data_args") or {}).get("env_name")
         return f"{r['dataset']}{f' {env}' if env else ''} meta-RL, {r['shots']} rollouts/step{after}"

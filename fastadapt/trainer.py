@@ -242,6 +242,7 @@ class Trainer:
                 self.config.data.val_split, e.ways, e.shots, e.queries, cfg.val_episodes, e.seed + 1
             )
         metric = self.learner.primary_metric
+        select = cfg.select_metric or metric  # checked against the learner's metrics by check_config
         tensorboard = (
             TensorBoardLog(self.run_dir, self.state["history"], metric, higher_is_better(metric))
             if self.dist.is_main
@@ -308,8 +309,12 @@ class Trainer:
                     if val_set is not None and (step % cfg.val_every == 0 or step == cfg.steps):
                         result = evaluate(self.learner, val_set, self.device)
                         row = dict(row or {"step": step, "lr": lr}, val_metric=result["mean"], val_ci95=result["ci95"])
-                        if better(metric, result["mean"], self.state["best"]):
-                            self.state["best"], self.state["best_step"] = result["mean"], step
+                        # the learner's other metrics too (RL: the return after each step), so a run
+                        # shows what another selection would have picked
+                        row.update({f"val_{k}": v["mean"] for k, v in result["others"].items()})
+                        score = result["mean"] if select == metric else result["others"][select]["mean"]
+                        if better(select, score, self.state["best"]):
+                            self.state["best"], self.state["best_step"] = score, step
                             save_finite_weights(
                                 self.run_dir / "best.safetensors",
                                 self.learner,

@@ -221,6 +221,17 @@ point2d_seed() {
 }
 job_maml-trpo-point2d-full-seed1() { point2d_seed 1; }
 job_maml-trpo-point2d-full-seed2() { point2d_seed 2; }
+# The same training (identical iteration for iteration), the iterate selected on the validation
+# return after one step instead of three: the paper tested "the best average return during
+# training", which for MAML-TRPO is the return after its one step. Seeds 0 and 1, one core each.
+point2d_sel1() {
+  local name=maml-trpo-point2d-sel1-seed$1
+  OMP_NUM_THREADS=1 train "$name" maml-trpo-point2d --set seed="$1" --set train.select_metric=return_after_1
+  "$FA" eval "runs/$name"
+  keep "$name"
+}
+job_maml-trpo-point2d-sel1-seed0() { point2d_sel1 0; }
+job_maml-trpo-point2d-sel1-seed1() { point2d_sel1 1; }
 # ProMP with the authors' settings on the same batch, shortened to 100 of the 500 iterations
 # (compare the training curve with maml-trpo-point2d-full's metrics.csv at equal iterations).
 job_promp-point2d() { OMP_NUM_THREADS=1 train promp-point2d promp-point2d --set train.steps=100; keep promp-point2d; }
@@ -324,7 +335,7 @@ JOBS=(maml-sinusoid-5shot pretrained-sinusoid-5shot maml-sinusoid-10shot pretrai
       maml-sinusoid-5shot-learned-lr maml-sinusoid-5shot-learned-lr-q20 maml-sinusoid-5shot-lslr-cosine
       maml-sinusoid-5shot-cosine maml-sinusoid-5shot-learned-lr-cosine metasgd-sinusoid-5shot
       maml-5w1s-1000 fomaml-5w1s-1000 maml-trpo-point2d maml-trpo-point2d-full maml-trpo-point2d-full-seed1
-      maml-trpo-point2d-full-seed2 random-point2d pretrained-point2d
+      maml-trpo-point2d-full-seed2 maml-trpo-point2d-sel1-seed0 maml-trpo-point2d-sel1-seed1 random-point2d pretrained-point2d
       promp-point2d rl2-point2d rl2-point2d-full maml-trpo-cheetah-dir maml-trpo-cheetah-vel maml-trpo-ml1-reach maml-trpo-ml1-push maml-trpo-ml1-pick-place maml-trpo-ml10 rl2-ml1-reach-2m tune-maml-sinusoid text-fullway)
 JOBS+=("${TEXT_JOBS[@]}")
 

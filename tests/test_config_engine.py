@@ -105,3 +105,24 @@ def test_paper_reference_follows_the_test_time_step_count():
     for split in ("val", "null"):
         validated = load_config("maml-sinusoid-5shot", [f"data.val_split={split}", "train.val_every=7"])
         assert _applicable_reference(validated, None, 5)["mse"] == 0.67
+
+
+@pytest.mark.parametrize(
+    "overrides, hinted",
+    [
+        # the preset's data.args.class_split is banking77's; --set data.args.path merges into it
+        (["data.dataset=textfile", "data.args.path=x.csv"], True),
+        (["learner.name=matching"], True),  # protonet's distance/scale are not matching networks'
+        (["data.args.bogus=1"], False),  # the user's own key: the plain message
+        (["data.dataset=textfile", "data.args.class_split=1"], False),  # set by the user, not the preset
+    ],
+)
+def test_a_preset_key_left_behind_by_a_changed_component_says_where_it_came_from(overrides, hinted):
+    from fastadapt.config_checks import check_config
+
+    with pytest.raises(FastAdaptError, match="unknown setting") as info:
+        check_config(load_config("protonet-banking77-5w1s", overrides))
+    message = str(info.value)
+    assert ("comes from the preset" in message) == hinted and "\n" not in message
+    if hinted:
+        assert "replace the whole block, e.g. --set '" in message

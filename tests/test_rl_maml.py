@@ -334,3 +334,60 @@ def test_test_time_step_sizes_change_only_the_steps_they_size_and_are_recorded(t
     with open(run / "metrics.csv") as f:
         validated = [row for row in csv.DictReader(f) if row["val_metric"]]
     assert record["return"] == float(validated[-1]["val_metric"]) and record["data_args"]["horizon"] == 8
+    # the results table tells these rows apart: the split's seed, an eval's own data settings
+    assert main(["eval", str(run), "--data", "point2d-nav", "--set", "data.args.horizon=6", "--episodes", "3"]) == 0
+    from fastadapt.results import results_table
+
+    rows = [line for line in results_table([run]).splitlines() if "meta-RL" in line]
+    assert len(rows) == 5  # eval.json, the two test-time variants, val, the other horizon
+    assert sum(f"val tasks, seed {config.eval.seed + 1} (" in row for row in rows) == 1
+    assert sum(", horizon=6 (" in row for row in rows) == 1
+
+
+def test_select_metric_picks_the_iterate_with_the_best_return_after_that_step(tmp_path):
+    """The paper tested the iterate with the best return after one step; `train.select_metric`
+    selects on it. Every validation row records the return after each step, and the tested
+    iterate is the one whose chosen column is best (the default: the main metric's)."""
+    picked, histories = {}, []
+    for select in ("return_after_0", None):
+        run = tmp_path / str(select)
+        extra = ["train.val_every=1", "train.val_episodes=2", "data.val_split=val"]
+        if select:
+            extra.append(f"train.select_metric={select}")
+        Trainer(load_config("maml-trpo-point2d", TINY + extra), run, quiet=True).fit()
+        rows = list(csv.DictReader((run / "metrics.csv").open()))
+        assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+        # the main metric is the return after eval_inner_steps (3) steps: the same column twice
+        assert all(float(r["val_metric"]) == float(r["val_return_after_3"]) for r in rows)
+        column = f"val_{select}" if select else "val_metric"
+        best = max(rows, key=lambda r: float(r[column]))
+        picked[select] = json.loads((run / "eval.json").read_text())["selected_step"]
+        assert picked[select] == int(best["step"])
+        histories.append([{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows])
+    assert histories[0] == histories[1]  # selection changes which weights are kept, not training
+    assert picked["return_after_0"] != picked[None]  # in this seeded run the column decides
+
+
+@pytest.mark.parametrize(
+    "preset, value, message",
+    [
+        ("maml-trpo-point2d", "return_after_4", "give one of return, return_after_0, return_after_1, return_after_2"),
+        ("maml-trpo-point2d", "success_rate", "is not a validation metric of learner maml-rl"),
+        ("rl2-point2d", "return_after_2", "give one of return, return_after_0, return_after_1, or null"),
+        ("protonet-omniglot-5w1s", "loss", "selects on its main metric only, so leave train.select_metric null"),
+    ],
+)
+def test_select_metric_must_be_one_the_learner_reports_before_any_data_is_read(tmp_path, preset, value, message):
+    with pytest.raises(FastAdaptError, match=message):
+        Trainer(load_config(preset, [f"train.select_metric={value}"]), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_after_k_metrics_share_their_base_metric_s_direction():
+    from fastadapt.evaluate import better, higher_is_better
+
+    assert higher_is_better("return_after_1") and higher_is_better("success_rate_after_0")
+    assert not higher_is_better("mse_after_2")
+    assert better("return_after_1", -3.0, -4.0) and not better("mse_after_1", -3.0, -4.0)
+    with pytest.raises(ValueError, match="unknown metric"):
+        higher_is_better("loss_after_1")

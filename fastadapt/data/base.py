@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config, build_dataclass
+from ..config import Config, build_dataclass, with_preset_hint
 from ..errors import FastAdaptError
 from ..utils import atomic_write
 from .dataset import LabelledDataset
@@ -83,7 +83,10 @@ class TaskSuite(abc.ABC):
 
 def parse_data_args(suite_cls: type, config: Config):
     """`config.data.args` as the suite's `Args` dataclass (one-line errors for bad keys and types)."""
-    return build_dataclass(suite_cls.Args, config.data.args or {}, "data.args")
+    try:
+        return build_dataclass(suite_cls.Args, config.data.args or {}, "data.args")
+    except FastAdaptError as exc:
+        raise with_preset_hint(config, exc) from None
 
 
 class ClassificationSuite(TaskSuite):

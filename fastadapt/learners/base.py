@@ -104,6 +104,13 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
         custom outer update that needs the whole meta-batch (TRPO, PPO) returns a reason."""
         return None
 
+    @classmethod
+    def selectable_metrics(cls, args) -> tuple[str, ...]:
+        """Validation metrics other than the main one that may pick the best weights
+        (`train.select_metric`), given the parsed `args`; checked before any data is loaded.
+        Default: none (checkpoints are selected on `primary_metric`)."""
+        return ()
+
     @abc.abstractmethod
     def task_loss(self, episode: Episode) -> tuple[torch.Tensor, dict[str, float]]:
         """Meta-training loss of one task (differentiable w.r.t. `self.parameters()`) and metrics."""

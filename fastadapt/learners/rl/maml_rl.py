@@ -154,6 +154,11 @@ class MAMLRL(Learner):
         penalty = " and learner.args.inner_kl_penalty=0" if args.inner_kl_penalty else ""  # ProMP's is PPO's
         return single_process_message(args.outer) + penalty
 
+    @classmethod
+    def selectable_metrics(cls, args) -> tuple[str, ...]:
+        # e.g. return_after_1: the paper's "best average return during training" is after one step
+        return ("return",) + tuple(f"return_after_{k}" for k in range(args.eval_inner_steps + 1))
+
     # -- pieces --------------------------------------------------------------------------------
     def params(self) -> Params:
         """The policy's live parameters as the dict the pure functions of `fastadapt.rl.policy` take."""

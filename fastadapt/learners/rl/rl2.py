@@ -93,6 +93,10 @@ class RL2(Learner):
         return "return"
 
     @classmethod
+    def selectable_metrics(cls, args) -> tuple[str, ...]:
+        return ("return",) + tuple(f"return_after_{k}" for k in range(args.episodes_per_trial))
+
+    @classmethod
     def single_process_reason(cls, args) -> str | None:
         return "RL2 trains with PPO on the whole meta-batch in one process; run it without torchrun / --nproc"
 
