@@ -52,9 +52,20 @@ class CheckpointWarning(UserWarning):
     """A bad checkpoint was skipped in favour of an older, good one."""
 
 
+#: Settings added after runs were recorded, with the default that keeps the earlier behaviour: at
+#: that default they are left out, so a run folder written before they existed keeps its
+#: fingerprint and still loads (its config.yaml reads back with the default filled in).
+LATER_SETTINGS = {("train", "select_metric"): None}
+
+
 def settings_fingerprint(config) -> str:
-    """A hash of the resolved settings that determine a run's results (see UNFINGERPRINTED)."""
+    """A hash of the resolved settings that determine a run's results (see UNFINGERPRINTED and
+    LATER_SETTINGS)."""
     values = {k: v for k, v in config.to_dict().items() if k not in UNFINGERPRINTED}
+    for (section, key), default in LATER_SETTINGS.items():
+        block = values.get(section)
+        if isinstance(block, dict) and block.get(key, default) == default:
+            values[section] = {k: v for k, v in block.items() if k != key}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -27,10 +27,19 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 
-def applicable_reference(config: Config, ways, shots, adapt_steps: int | None = None) -> dict:
-    """The paper's number applies only to the preset's own test setting and data. A preset may
-    give numbers for other test-time step counts under `reference.by_adapt_steps`."""
-    own_test = (ways, shots) == (config.eval.ways, config.eval.shots)
+def applicable_reference(config: Config, ways, shots, adapt_steps: int | None = None, split: str | None = None) -> dict:
+    """The paper's number applies only to the paper's test setting on the preset's data: the
+    preset's own test (ways, shots, data.test_split), or the one its `reference.test` names where
+    the paper tested otherwise (2D navigation: `{split: paper, shots: 40}`, the authors' goals and
+    batch). A preset may give numbers for other test-time step counts under
+    `reference.by_adapt_steps`. `split`: the tested split (None: data.test_split)."""
+    protocol = config.reference.get("test") or {}
+    wanted = (
+        protocol.get("ways", config.eval.ways),
+        protocol.get("shots", config.eval.shots),
+        protocol.get("split", config.data.test_split),
+    )
+    own_test = (ways, shots, split or config.data.test_split) == wanted
     # the number of test episodes and their seed change the estimate's precision, not what is
     # measured; the validation split, like train.*, changes which weights are tested, not the test
     unchanged = ("eval.episodes=", "eval.seed=", "data.val_split=")
@@ -39,7 +48,7 @@ def applicable_reference(config: Config, ways, shots, adapt_steps: int | None = 
     )
     if not own_test or changed:
         return {}
-    reference = {k: v for k, v in config.reference.items() if k != "by_adapt_steps"}
+    reference = {k: v for k, v in config.reference.items() if k not in ("by_adapt_steps", "test")}
     if adapt_steps is None or adapt_steps == config.learner.args.get("eval_inner_steps"):
         return reference
     other = (config.reference.get("by_adapt_steps") or {}).get(adapt_steps)
@@ -169,7 +178,7 @@ def score_run(
         "adapt_steps": getattr(learner, "eval_inner_steps", None),
         **({"test_settings": changed} if changed else {}),
         "machine": machine_info(trainer.device),
-        "reference": {} if prefix else applicable_reference(config, ways, shots, adapt_steps),
+        "reference": applicable_reference(config, ways, shots, adapt_steps, test_split) if own_data else {},
         "trained_on": config.data.dataset,
         "overrides": config.overrides,
         "data_args": suite.config.data.args if prefix else config.data.args,

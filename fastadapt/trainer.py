@@ -66,6 +66,11 @@ def _optimizer(params, cfg) -> torch.optim.Optimizer:
     raise FastAdaptError(f"unknown train.optimizer {cfg.optimizer!r}; choose adam or sgd")
 
 
+#: Settings that only label a run (checkpoint.UNFINGERPRINTED but `overrides`, which records how a
+#: run departs from its preset): a resumed run takes the preset's current ones.
+LABELS = ("name", "description", "reference")
+
+
 class Trainer:
     def __init__(
         self,
@@ -112,6 +117,7 @@ class Trainer:
 
     # -- run folder -------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
+        """Write config.yaml, or check that the folder's run has these settings (labels may differ)."""
         config_path = self.run_dir / "config.yaml"
         wanted = self.config.to_dict()
         if config_path.exists():
@@ -120,13 +126,15 @@ class Trainer:
                 existing = config_from_dict(raw).to_dict()
             except FastAdaptError as exc:
                 raise FastAdaptError(f"{config_path}: {exc}") from None
-            if existing != wanted:
-                changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
+            changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
+            if any(k not in LABELS for k in changed):
                 raise FastAdaptError(
                     f"run folder {self.run_dir} holds a run with other settings "
                     f"(differs in: {', '.join(changed)}); resume it with the same "
                     f"settings or choose a new --out"
                 )
+            if changed:  # only labels, e.g. a preset's corrected paper figures: the run takes them
+                atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
         else:
             # A folder that is not a run folder (and not empty) is the user's, e.g. their data:
             # never write a run into it.

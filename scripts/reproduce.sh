@@ -206,7 +206,15 @@ job_maml-trpo-point2d-full() {
     "$FA" eval runs/maml-trpo-point2d-full --split val --episodes 40 --seed 1235 --set learner.args.eval_later_lr_factor=$f
   done
   "$FA" eval runs/maml-trpo-point2d-full --set learner.args.eval_later_lr_factor=0.25  # the best on validation
+  paper_test maml-trpo-point2d-full
   keep maml-trpo-point2d-full
+}
+# The test the MAML paper's figures come from (the preset's reference.test): the authors' 40 goals
+# (maml_rl's test_maml_point.py) and their batches of 4,000 steps, 40 rollouts per step.
+# Also with the preset's 20 rollouts per step on those goals: what the batch alone changes.
+paper_test() {
+  "$FA" eval "runs/$1" --split paper --episodes 40 --shots 40 --queries 40
+  "$FA" eval "runs/$1" --split paper --episodes 40
 }
 # The same with training seeds 1 and 2 (the test and validation goals are seed 0's): how much of
 # the gap to the paper is one training run's luck. Two jobs, one core each.
@@ -217,6 +225,7 @@ point2d_seed() {
     "$FA" eval "runs/$name" --split val --episodes 40 --seed 1235 --set learner.args.eval_later_lr_factor=$f
   done
   "$FA" eval "runs/$name" --set learner.args.eval_later_lr_factor=0.25  # seed 0's choice on validation
+  paper_test "$name"
   keep "$name"
 }
 job_maml-trpo-point2d-full-seed1() { point2d_seed 1; }
@@ -228,6 +237,7 @@ point2d_sel1() {
   local name=maml-trpo-point2d-sel1-seed$1
   OMP_NUM_THREADS=1 train "$name" maml-trpo-point2d --set seed="$1" --set train.select_metric=return_after_1
   "$FA" eval "runs/$name"
+  paper_test "$name"
   keep "$name"
 }
 job_maml-trpo-point2d-sel1-seed0() { point2d_sel1 0; }

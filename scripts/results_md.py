@@ -50,9 +50,16 @@ def main() -> None:
     if rl:
         rl_plot(rl, results / "meta_rl.png")
         steps, memory = [r for r in rl if not by_episode(r)], [r for r in rl if by_episode(r)]
+        paper_tests = [r for r in steps if r.get("paper_test")]
+        steps = [r for r in steps if not r.get("paper_test")]
         parts += [
             "## Meta-RL: return after each adaptation step (mean ± 95% CI over the fixed test tasks)",
             rl_table(steps) if steps else "",
+            "On the paper's own test where a preset names one (`reference.test`; 2D navigation: the MAML "
+            "authors' 40 goals, split `paper`, and their 40 rollouts per step):"
+            if paper_tests
+            else "",
+            rl_table(paper_tests) if paper_tests else "",
             "RL² (`rl2`) takes no gradient step; its table gives the return in each episode of a trial "
             "(the GRU's memory of the earlier episodes is its adaptation):"
             if memory

@@ -107,6 +107,21 @@ def test_paper_reference_follows_the_test_time_step_count():
         assert _applicable_reference(validated, None, 5)["mse"] == 0.67
 
 
+def test_paper_reference_attaches_to_the_test_the_paper_ran_where_the_preset_names_it():
+    """2D navigation: the MAML paper's figures are for the authors' 40 goals (split `paper`) and 40
+    rollouts per step, not for the preset's own 100-goal, 20-rollout test."""
+    from fastadapt.scoring import applicable_reference
+
+    config = load_config("maml-trpo-point2d")
+    assert config.reference["test"] == {"split": "paper", "shots": 40}
+    figures = applicable_reference(config, None, 40, split="paper")
+    assert figures["return_after_1"] == -11.7 and figures["return"] == -3.2 and "test" not in figures
+    assert applicable_reference(config, None, 40, adapt_steps=2, split="paper")["return"] == -3.3
+    assert applicable_reference(config, None, 20) == {}  # the preset's own test
+    assert applicable_reference(config, None, 20, split="paper") == {}  # the authors' goals, another batch
+    assert applicable_reference(config, None, 40, split="test") == {}  # the authors' batch, other goals
+
+
 @pytest.mark.parametrize(
     "overrides, hinted",
     [
@@ -126,3 +141,19 @@ def test_a_preset_key_left_behind_by_a_changed_component_says_where_it_came_from
     assert ("comes from the preset" in message) == hinted and "\n" not in message
     if hinted:
         assert "replace the whole block, e.g. --set '" in message
+
+
+def test_a_setting_added_later_keeps_earlier_runs_fingerprints_at_its_default():
+    """Run folders written before `train.select_metric` existed must still load: at its default
+    the fingerprint is the hash of the settings without it; any other value changes it."""
+    import hashlib
+    import json
+
+    from fastadapt.checkpoint import UNFINGERPRINTED, settings_fingerprint
+
+    config = load_config("maml-trpo-point2d")
+    earlier = {k: v for k, v in config.to_dict().items() if k not in UNFINGERPRINTED}
+    del earlier["train"]["select_metric"]  # the settings as an earlier version wrote them
+    digest = hashlib.sha256(json.dumps(earlier, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert settings_fingerprint(config) == digest
+    assert settings_fingerprint(load_config("maml-trpo-point2d", ["train.select_metric=return_after_1"])) != digest

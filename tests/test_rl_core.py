@@ -181,3 +181,28 @@ def test_advantages_are_fitted_per_task():
     mask = torch.ones(2, 7, 3)
     both = advantages(obs, rew, mask, 0.99, 1.0)
     torch.testing.assert_close(both[1], advantages(obs[1], rew[1], mask[1], 0.99, 1.0))
+
+
+def test_paper_split_is_the_maml_authors_forty_test_goals():
+    """Split `paper` of point2d-nav: the goals of maml_rl's test_maml_point.py, `np.random.seed(1)`
+    then `np.random.uniform(-0.5, 0.5, size=(40, 2))`, in order, each task with its own rollout seed."""
+    from fastadapt.config import load_config
+    from fastadapt.data import build_suite
+    from fastadapt.errors import FastAdaptError
+
+    state = np.random.get_state()
+    try:
+        np.random.seed(1)
+        authors = np.random.uniform(-0.5, 0.5, size=(40, 2))  # their script's two lines
+    finally:
+        np.random.set_state(state)
+    suite = build_suite(load_config("maml-trpo-point2d"))
+    tasks = suite.fixed_set("paper", None, 20, 20, 40, 1234).tasks
+    np.testing.assert_array_equal(np.array([t.params for t in tasks]), authors)
+    assert len({t.seed for t in tasks}) == 40 and tasks[0].horizon == 100
+    assert [t.params for t in suite.fixed_set("paper", None, 20, 20, 5, 99).tasks] == [t.params for t in tasks[:5]]
+    assert tasks[0].seed != suite.fixed_set("paper", None, 20, 20, 1, 99).tasks[0].seed  # the seed moves rollouts
+    with pytest.raises(FastAdaptError, match=r"at most 40 tasks \(--episodes 40\), got 41"):
+        suite.fixed_set("paper", None, 20, 20, 41, 1234)
+    with pytest.raises(FastAdaptError, match="for testing only; train on train"):
+        build_suite(load_config("maml-trpo-point2d", ["data.train_split=paper"])).check()

@@ -391,3 +391,37 @@ def test_after_k_metrics_share_their_base_metric_s_direction():
     assert better("return_after_1", -3.0, -4.0) and not better("mse_after_1", -3.0, -4.0)
     with pytest.raises(ValueError, match="unknown metric"):
         higher_is_better("loss_after_1")
+
+
+def test_evals_under_the_paper_s_own_test_are_listed_with_its_figures(tmp_path):
+    """`fastadapt eval RUN --split paper --episodes 40 --shots 40 --queries 40` carries the paper's
+    figures (the preset's `reference.test`); the RL table lists it under its run, labelled with the
+    goals and batch, and the paper's row once beneath consecutive such rows."""
+    from fastadapt.rl.report import rl_records, rl_table
+
+    def record(split, shots, reference, mean):
+        steps = {f"return_after_{k}": {"mean": mean - k, "ci95": 1.0} for k in range(4)}
+        return {
+            "metric": "return", "return": mean - 3, "other_metrics": steps, "method": "maml-rl",
+            "dataset": "point2d-nav", "split": split, "shots": shots, "episodes": 40 if split == "paper" else 100,
+            "seed": 1234, "train_steps": 500, "selected_step": 70, "reference": reference,
+        }  # fmt: skip
+
+    paper = {"paper": "MAML", **{f"return_after_{k}": -40.0 + k for k in range(4)}}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(record("test", 20, {}, -30)))
+        (tmp_path / name / "eval-paper-40shot40q-40ep-seed1234.json").write_text(
+            json.dumps(record("paper", 40, paper, -35))
+        )
+        (tmp_path / name / "eval-val-20shot20q-40ep-seed1235.json").write_text(json.dumps(record("val", 20, {}, -1)))
+    records = rl_records([tmp_path / "a", tmp_path / "b"])
+    assert [r["label"] for r in records] == [
+        "a",
+        "a (paper tasks, 40 rollouts/step)",
+        "b",
+        "b (paper tasks, 40 rollouts/step)",
+    ]
+    assert [r.get("paper_test", False) for r in records] == [False, True, False, True]
+    table = rl_table([r for r in records if r.get("paper_test")]).splitlines()
+    assert [row.startswith("| paper | MAML |") for row in table[2:]] == [False, False, True]

@@ -178,3 +178,24 @@ def test_zero_steps_tests_the_initial_weights(tmp_path):
     saved = load_file(str(tmp_path / "best.safetensors"))
     assert saved.keys() == initial.keys() and all(torch.equal(saved[k], initial[k]) for k in saved)
     assert result["mse"] == pytest.approx(expected["mean"], rel=1e-12) and result["train_steps"] == 0
+
+
+def test_a_run_takes_its_preset_s_corrected_labels_but_not_other_settings(tmp_path):
+    """The paper's figures, name and description label a run (they are not fingerprinted): a run
+    folder written under an earlier preset takes the current ones on resume; a changed setting
+    beside them is still an error that names what differs, and nothing is rewritten."""
+    from fastadapt.errors import FastAdaptError
+
+    run_dir = tmp_path / "run"
+    old = load_config("maml-sinusoid-5shot", ["train.steps=3"]).to_dict()
+    old["reference"], old["description"] = {"paper": "an earlier reading", "mse": 0.5}, "earlier"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    new = load_config("maml-sinusoid-5shot", ["train.steps=3"])
+    Trainer(new, run_dir, quiet=True)._prepare_run_dir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == new.to_dict()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(old, sort_keys=False))
+    other = load_config("maml-sinusoid-5shot", ["train.steps=4"])
+    with pytest.raises(FastAdaptError, match=r"\(differs in: description, overrides, reference, train\)"):
+        Trainer(other, run_dir, quiet=True)._prepare_run_dir()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text()) == old

@@ -114,6 +114,11 @@ class Point2DNavSuite(RLSuite):
     family = "point2d"
     observation_dim = 2
     action_dim = 2
+    # "paper": the MAML authors' own 40 test goals (maml_rl's maml_examples/test_maml_point.py:
+    # np.random.seed(1); np.random.uniform(-0.5, 0.5, size=(40, 2))), so a result can be set
+    # beside the paper's on the same goals rather than on another sample of the same square
+    splits = ("train", "val", "test", "paper")
+    PAPER_GOALS = 40
 
     @dataclass
     class Args:
@@ -137,6 +142,41 @@ class Point2DNavSuite(RLSuite):
 
     def task_params(self, rng: np.random.Generator, split: str) -> tuple[float, ...]:
         return tuple(rng.uniform(self.args.goal_low, self.args.goal_high, size=2))
+
+    @classmethod
+    def paper_goals(cls) -> np.ndarray:
+        """The MAML authors' test goals, (40, 2): the legacy global generator seeded 1, as their script."""
+        return np.random.RandomState(1).uniform(-0.5, 0.5, size=(cls.PAPER_GOALS, 2))
+
+    def check(self) -> None:
+        super().check()
+        if self.config.data.train_split == "paper":
+            raise FastAdaptError(
+                "data.train_split: 'paper' is the MAML authors' 40 test goals, for testing only; train on train"
+            )
+
+    def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
+        if split != "paper":
+            return super().fixed_set(split, ways, shots, queries, episodes, seed)
+        if episodes > self.PAPER_GOALS:
+            raise FastAdaptError(
+                f"split 'paper' holds the MAML authors' {self.PAPER_GOALS} test goals; ask for at most "
+                f"{self.PAPER_GOALS} tasks (--episodes {self.PAPER_GOALS}), got {episodes}"
+            )
+        stream = seed + 4_000_037  # the rollouts' seeds: apart from every other split's
+        tasks = [
+            RLTask(
+                self.family,
+                tuple(float(v) for v in goal),
+                derive_seed(stream, i, "task"),
+                self.args.horizon,
+                shots,
+                queries,
+                self.env_args(),
+            )
+            for i, goal in enumerate(self.paper_goals()[:episodes])
+        ]
+        return FixedRLTasks(tasks, seed)
 
 
 @dataclass

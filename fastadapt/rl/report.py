@@ -17,7 +17,8 @@ __all__ = ["by_episode", "rl_plot", "rl_records", "rl_table", "steps_of", "succe
 def rl_records(run_dirs: list[str | Path]) -> list[dict]:
     """The eval.json of every run folder whose result is an RL return with per-step figures, each
     followed by the run's test-split evals with changed test-time settings (`fastadapt eval --set
-    learner.args.eval_later_lr_factor=...`), labelled with the settings."""
+    learner.args.eval_later_lr_factor=...`), labelled with the settings, and by its evals under the
+    paper's own test where the preset names one (`reference.test`: they carry the reference)."""
     records = []
     for run in run_dirs:
         path = Path(run) / "eval.json"
@@ -28,11 +29,16 @@ def rl_records(run_dirs: list[str | Path]) -> list[dict]:
             records.append({**record, "run": str(run), "label": Path(run).name})
             for other in sorted(Path(run).glob("eval-*.json")):
                 variant = json.loads(other.read_text())
-                settings = variant.get("test_settings")
+                settings = variant.get("test_settings") or {}
                 same = all(variant.get(k) == record.get(k) for k in ("split", "episodes", "seed", "shots"))
-                if settings and same and variant.get("other_metrics"):
-                    shown = ", ".join(f"{k} {v}" for k, v in settings.items())
-                    records.append({**variant, "run": str(run), "label": f"{Path(run).name} ({shown})"})
+                # the paper's figures on another test than the run's own: the one `reference.test` names
+                paper_test = bool(variant.get("reference")) and not record.get("reference")
+                if (settings and same or paper_test) and variant.get("other_metrics"):
+                    shown = [f"{k} {v}" for k, v in settings.items()]
+                    if paper_test:
+                        shown.insert(0, f"{variant['split']} tasks, {variant['shots']} rollouts/step")
+                    label = f"{Path(run).name} ({', '.join(shown)})"
+                    records.append({**variant, "run": str(run), "label": label, "paper_test": paper_test})
     return records
 
 
