@@ -116,7 +116,7 @@ class TrainConfig:
     val_episodes: int = ranged(200, 1)
     # The validation metric that picks best.safetensors; null: the learner's main one. RL learners
     # also take return_after_<k> (the return after k adaptation steps, or in trial episode k).
-    select_metric: str | None = None
+    select_metric: str | None = matching(None, r"[a-z][a-z0-9_]*", "a metric name or null")
     checkpoint_every: int = ranged(250, 1)
     log_every: int = ranged(50, 1)
     engine: Engine = "auto"  # auto | serial | fork | vmap (see fastadapt.engine)
@@ -339,7 +339,7 @@ def with_preset_hint(config: Config, exc: FastAdaptError) -> FastAdaptError:
     banking77's data.args.class_split after --set data.dataset=textfile), the same message saying
     so: `--set data.args.path=...` merges into the preset's block, it does not replace it."""
     found = re.match(r"unknown setting (data\.args|learner\.args|model\.backbone_args)\.(\w+);", str(exc))
-    if not found:
+    if not found or "comes from the preset" in str(exc):  # already said (the data args are parsed twice)
         return exc
     block, key = found.groups()
     owner, what = _BLOCK_OWNERS[block]

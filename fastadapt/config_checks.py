@@ -48,9 +48,17 @@ def _check_config(config: Config) -> None:
     if getattr(learner_cls, "Args", None) is not None:
         learner_args = parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
     select = config.train.select_metric
+    if select is not None and config.data.val_split is None:
+        raise FastAdaptError(
+            f"train.select_metric: {select!r} picks among validations, but data.val_split is null; set "
+            f"data.val_split (e.g. val) or drop train.select_metric"
+        )
     if select is not None:
+        from .evaluate import METRICS
+
         choices = learner_cls.selectable_metrics(learner_args)
-        if select not in choices:
+        # a main metric's name (accuracy, mse, ...): the trainer checks it is this learner's
+        if select not in choices and select not in METRICS:
             fix = (
                 f"give one of {', '.join(choices)}, or null for the main metric"
                 if choices

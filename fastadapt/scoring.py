@@ -27,22 +27,27 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 
-def applicable_reference(config: Config, ways, shots, adapt_steps: int | None = None, split: str | None = None) -> dict:
+def applicable_reference(
+    config: Config, ways, shots, adapt_steps: int | None = None, split: str | None = None, queries: int | None = None
+) -> dict:
     """The paper's number applies only to the paper's test setting on the preset's data: the
     preset's own test (ways, shots, data.test_split), or the one its `reference.test` names where
-    the paper tested otherwise (2D navigation: `{split: paper, shots: 40}`, the authors' goals and
-    batch). A preset may give numbers for other test-time step counts under
-    `reference.by_adapt_steps`. `split`: the tested split (None: data.test_split)."""
+    the paper tested otherwise (2D navigation: `{split: paper, shots: 40, queries: 40}`, the
+    authors' goals and batch; then the run's own eval.* settings do not matter). A preset may give
+    numbers for other test-time step counts under `reference.by_adapt_steps`. `split`: the tested
+    split (None: data.test_split); `queries`: checked only where `reference.test` names them."""
     protocol = config.reference.get("test") or {}
     wanted = (
         protocol.get("ways", config.eval.ways),
         protocol.get("shots", config.eval.shots),
         protocol.get("split", config.data.test_split),
+        protocol.get("queries"),
     )
-    own_test = (ways, shots, split or config.data.test_split) == wanted
+    tested = (ways, shots, split or config.data.test_split, queries if "queries" in protocol else None)
+    own_test = tested == wanted
     # the number of test episodes and their seed change the estimate's precision, not what is
     # measured; the validation split, like train.*, changes which weights are tested, not the test
-    unchanged = ("eval.episodes=", "eval.seed=", "data.val_split=")
+    unchanged = ("eval.episodes=", "eval.seed=", "data.val_split=") + (("eval.",) if protocol else ())
     changed = any(
         o.startswith(("data.", "eval.", "model.", "learner.")) and not o.startswith(unchanged) for o in config.overrides
     )
@@ -178,7 +183,8 @@ def score_run(
         "adapt_steps": getattr(learner, "eval_inner_steps", None),
         **({"test_settings": changed} if changed else {}),
         "machine": machine_info(trainer.device),
-        "reference": applicable_reference(config, ways, shots, adapt_steps, test_split) if own_data else {},
+        "reference": applicable_reference(config, ways, shots, adapt_steps, test_split, queries) if own_data else {},
+        "selected_on": config.train.select_metric or learner.primary_metric,  # the validation metric
         "trained_on": config.data.dataset,
         "overrides": config.overrides,
         "data_args": suite.config.data.args if prefix else config.data.args,
@@ -276,6 +282,13 @@ def cross_domain_suite(
         raw["train"]["episodes"].update(zip(("shots", "queries"), episode_shape[1:]))  # this suite only tests
     config = config_from_dict(raw)
     suite = suite_cls(config, data_root, False)
+    suite.require_split(chosen)  # a bad --split first: the shape below depends on nothing it names
+    if tuple(suite.input_shape) != shape and suite.problem == "rl":
+        raise FastAdaptError(
+            f"{dataset}'s observations have {suite.input_shape[0]} values but the run's policy takes "
+            f"{shape[0]} (it learned {trainer.config.data.dataset}); evaluate on a task family with that "
+            f"observation size"
+        )
     if tuple(suite.input_shape) != shape:
         raise FastAdaptError(
             f"{dataset} ({chosen}) gives inputs of shape {tuple(suite.input_shape)} but the run's model "

@@ -104,6 +104,14 @@ class Trainer:
         self.learner = build_learner(config, tuple(shape["input_shape"]), channels_last, shape["num_train_classes"]).to(
             self.device
         )
+        select = config.train.select_metric  # a name check_config could not tie to this learner
+        if select is not None and select != self.learner.primary_metric:
+            if select not in type(self.learner).selectable_metrics(getattr(self.learner, "args", None)):
+                raise FastAdaptError(
+                    f"train.select_metric: {select!r} is not a validation metric of learner "
+                    f"{config.learner.name}, whose main metric is {self.learner.primary_metric}; give that "
+                    f"or null"
+                )
         self.optimizer = _optimizer(self.learner.parameters(), config.train)
         self.scheduler = _scheduler(self.optimizer, config.train)
         self.state = {

@@ -113,13 +113,19 @@ def test_paper_reference_attaches_to_the_test_the_paper_ran_where_the_preset_nam
     from fastadapt.scoring import applicable_reference
 
     config = load_config("maml-trpo-point2d")
-    assert config.reference["test"] == {"split": "paper", "shots": 40}
-    figures = applicable_reference(config, None, 40, split="paper")
+    assert config.reference["test"] == {"split": "paper", "shots": 40, "queries": 40}
+    figures = applicable_reference(config, None, 40, split="paper", queries=40)
     assert figures["return_after_1"] == -11.7 and figures["return"] == -3.2 and "test" not in figures
-    assert applicable_reference(config, None, 40, adapt_steps=2, split="paper")["return"] == -3.3
-    assert applicable_reference(config, None, 20) == {}  # the preset's own test
-    assert applicable_reference(config, None, 20, split="paper") == {}  # the authors' goals, another batch
-    assert applicable_reference(config, None, 40, split="test") == {}  # the authors' batch, other goals
+    assert applicable_reference(config, None, 40, adapt_steps=2, split="paper", queries=40)["return"] == -3.3
+    assert applicable_reference(config, None, 20, queries=20) == {}  # the preset's own test
+    assert applicable_reference(config, None, 20, split="paper", queries=20) == {}  # the authors' goals, another batch
+    assert applicable_reference(config, None, 40, split="test", queries=40) == {}  # the authors' batch, other goals
+    assert applicable_reference(config, None, 40, split="paper", queries=3) == {}  # 3 scored rollouts: another estimate
+    # the run's own test settings do not matter where the paper's test is named; its task does
+    quick = load_config("maml-trpo-point2d", ["eval.shots=3", "eval.queries=3", "eval.episodes=5"])
+    assert applicable_reference(quick, None, 40, split="paper", queries=40)["return"] == -3.2
+    short = load_config("maml-trpo-point2d", ["data.args.horizon=8"])
+    assert applicable_reference(short, None, 40, split="paper", queries=40) == {}
 
 
 @pytest.mark.parametrize(
@@ -138,7 +144,7 @@ def test_a_preset_key_left_behind_by_a_changed_component_says_where_it_came_from
     with pytest.raises(FastAdaptError, match="unknown setting") as info:
         check_config(load_config("protonet-banking77-5w1s", overrides))
     message = str(info.value)
-    assert ("comes from the preset" in message) == hinted and "\n" not in message
+    assert message.count("comes from the preset") == hinted and "\n" not in message  # said once
     if hinted:
         assert "replace the whole block, e.g. --set '" in message
 

@@ -369,18 +369,28 @@ def test_select_metric_picks_the_iterate_with_the_best_return_after_that_step(tm
 
 
 @pytest.mark.parametrize(
-    "preset, value, message",
+    "preset, value, message, validated",
     [
-        ("maml-trpo-point2d", "return_after_4", "give one of return, return_after_0, return_after_1, return_after_2"),
-        ("maml-trpo-point2d", "success_rate", "is not a validation metric of learner maml-rl"),
-        ("rl2-point2d", "return_after_2", "give one of return, return_after_0, return_after_1, or null"),
-        ("protonet-omniglot-5w1s", "loss", "selects on its main metric only, so leave train.select_metric null"),
+        (
+            "maml-trpo-point2d",
+            "return_after_4",
+            "give one of return, return_after_0, return_after_1, return_after_2",
+            True,
+        ),
+        ("maml-trpo-point2d", "success_rate", "is not a validation metric of learner maml-rl", True),
+        ("rl2-point2d", "return_after_2", "give one of return, return_after_0, return_after_1, or null", True),
+        ("protonet-omniglot-5w1s", "loss", "selects on its main metric only, so leave train.select_metric null", True),
+        ("maml-trpo-point2d", "return_after_1", "picks among validations, but data.val_split is null", False),
+        # a main metric's name is checked once the learner is built (before any training)
+        ("maml-sinusoid-5shot", "accuracy", "learner maml, whose main metric is mse; give that or null", True),
     ],
 )
-def test_select_metric_must_be_one_the_learner_reports_before_any_data_is_read(tmp_path, preset, value, message):
+def test_select_metric_must_be_one_the_learner_reports_before_training(tmp_path, preset, value, message, validated):
+    overrides = [f"train.select_metric={value}", f"data.val_split={'val' if validated else 'null'}"]
     with pytest.raises(FastAdaptError, match=message):
-        Trainer(load_config(preset, [f"train.select_metric={value}"]), tmp_path / "run", quiet=True)
+        Trainer(load_config(preset, overrides), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+    Trainer(load_config("maml-sinusoid-5shot", ["train.select_metric=mse"]), tmp_path / "ok", quiet=True)
 
 
 def test_after_k_metrics_share_their_base_metric_s_direction():
@@ -425,3 +435,21 @@ def test_evals_under_the_paper_s_own_test_are_listed_with_its_figures(tmp_path):
     assert [r.get("paper_test", False) for r in records] == [False, True, False, True]
     table = rl_table([r for r in records if r.get("paper_test")]).splitlines()
     assert [row.startswith("| paper | MAML |") for row in table[2:]] == [False, False, True]
+
+
+def test_eval_on_another_task_family_checks_the_split_then_the_observation_size(tmp_path, capsys):
+    pytest.importorskip("mujoco")
+    from fastadapt.cli import main
+
+    run = tmp_path / "run"
+    Trainer(load_config("maml-trpo-point2d", TINY + ["train.steps=1"]), run, quiet=True).fit()
+    for args, message in [
+        (
+            ["--data", "cheetah-dir", "--split", "bogus"],
+            "cheetah-dir has no split 'bogus'; valid splits: train, val, test",
+        ),
+        (["--data", "cheetah-dir"], "cheetah-dir's observations have 17 values but the run's policy takes 2"),
+    ]:
+        assert main(["eval", str(run), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and "image_size" not in err, err

@@ -150,10 +150,11 @@ class Point2DNavSuite(RLSuite):
 
     def check(self) -> None:
         super().check()
-        if self.config.data.train_split == "paper":
-            raise FastAdaptError(
-                "data.train_split: 'paper' is the MAML authors' 40 test goals, for testing only; train on train"
-            )
+        for key in ("train_split", "val_split"):  # selecting on the goals it is compared on is testing on them
+            if getattr(self.config.data, key) == "paper":
+                raise FastAdaptError(
+                    f"data.{key}: 'paper' is the MAML authors' 40 test goals, for testing only; use {key.split('_')[0]}"
+                )
 
     def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
         if split != "paper":
@@ -161,7 +162,8 @@ class Point2DNavSuite(RLSuite):
         if episodes > self.PAPER_GOALS:
             raise FastAdaptError(
                 f"split 'paper' holds the MAML authors' {self.PAPER_GOALS} test goals; ask for at most "
-                f"{self.PAPER_GOALS} tasks (--episodes {self.PAPER_GOALS}), got {episodes}"
+                f"{self.PAPER_GOALS} tasks (--episodes {self.PAPER_GOALS}), got {episodes} (--episodes, "
+                f"or the run's eval.episodes)"
             )
         stream = seed + 4_000_037  # the rollouts' seeds: apart from every other split's
         tasks = [
