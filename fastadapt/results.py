@@ -138,7 +138,8 @@ def _benchmark(r: dict) -> str:
         after += f", {r['split']} tasks, seed {r['seed']}"
     if r.get("metric") == "return":  # meta-RL: tasks are environments, shots are rollouts
         env = (r.get("data_args") or {}).get("env_name")
-        scored = f", {r['queries']} scored" if r.get("queries") not in (None, r["shots"]) else ""
+        # rollouts scored after each step, where they differ (RL² has no steps: its trials are its own)
+        scored = f", {r['queries']} scored" if steps and r.get("queries") not in (None, r["shots"]) else ""
         return f"{r['dataset']}{f' {env}' if env else ''} meta-RL, {r['shots']} rollouts/step{scored}{after}"
     return f"{r['dataset']} {r['shots']}-shot regression{after}"
 
