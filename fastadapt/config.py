@@ -339,7 +339,7 @@ def with_preset_hint(config: Config, exc: FastAdaptError) -> FastAdaptError:
     banking77's data.args.class_split after --set data.dataset=textfile), the same message saying
     so: `--set data.args.path=...` merges into the preset's block, it does not replace it."""
     found = re.match(r"unknown setting (data\.args|learner\.args|model\.backbone_args)\.(\w+);", str(exc))
-    if not found or "comes from the preset" in str(exc):  # already said (the data args are parsed twice)
+    if not found:
         return exc
     block, key = found.groups()
     owner, what = _BLOCK_OWNERS[block]

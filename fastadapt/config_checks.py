@@ -32,45 +32,22 @@ def check_config(config: Config) -> None:
     """Fail fast, before any data is loaded. Each setting's own range is checked when the config
     is built (fastadapt.config: `ranged`, `matching`, Literal choices); this checks the names of
     the registered parts and the settings that depend on each other."""
-    try:
-        _check_config(config)
-    except FastAdaptError as exc:
-        raise with_preset_hint(config, exc) from None
-
-
-def _check_config(config: Config) -> None:
     config_from_dict(config.to_dict())  # the ranges again, for a Config built in code
     from .learners.base import parse_args
     from .models import parse_settings
 
     learner_cls = LEARNERS.get(config.learner.name)
     learner_args = None
-    if getattr(learner_cls, "Args", None) is not None:
-        learner_args = parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
-    select = config.train.select_metric
-    if select is not None and config.data.val_split is None:
-        raise FastAdaptError(
-            f"train.select_metric: {select!r} picks among validations, but data.val_split is null; set "
-            f"data.val_split (e.g. val) or drop train.select_metric"
-        )
-    if select is not None:
-        from .evaluate import METRICS
-
-        choices = learner_cls.selectable_metrics(learner_args)
-        # a main metric's name (accuracy, mse, ...): the trainer checks it is this learner's
-        if select not in choices and select not in METRICS:
-            fix = (
-                f"give one of {', '.join(choices)}, or null for the main metric"
-                if choices
-                else "it selects on its main metric only, so leave train.select_metric null"
-            )
-            raise FastAdaptError(
-                f"train.select_metric: {select!r} is not a validation metric of learner {config.learner.name}; {fix}"
-            )
     backbone_args = None
     backbone_cls = BACKBONES.get(config.model.backbone)
-    if getattr(backbone_cls, "Args", None) is not None:
-        backbone_args = parse_settings(backbone_cls.Args, config.model.backbone_args, "model.backbone_args")
+    try:  # a key the preset set for another learner / backbone says so (data.args: parse_data_args)
+        if getattr(learner_cls, "Args", None) is not None:
+            learner_args = parse_args(learner_cls.Args, config.learner.args)  # the learner's ranges, before any data
+        if getattr(backbone_cls, "Args", None) is not None:
+            backbone_args = parse_settings(backbone_cls.Args, config.model.backbone_args, "model.backbone_args")
+    except FastAdaptError as exc:
+        raise with_preset_hint(config, exc) from None
+    _check_select_metric(config, learner_cls, learner_args)
     dataset_cls = DATASETS.get(config.data.dataset)
     if getattr(dataset_cls, "Args", None) is not None:
         from .data.base import parse_data_args
@@ -109,3 +86,28 @@ def _check_config(config: Config) -> None:
                 f"eval.ways must equal train.episodes.ways ({train_ways}) for "
                 f"{config.learner.name}, whose head has that many outputs; got {eval_ways}"
             )
+
+
+def _check_select_metric(config: Config, learner_cls, learner_args) -> None:
+    """train.select_metric names a validation metric of this learner, and there is validation."""
+    select = config.train.select_metric
+    if select is None:
+        return
+    if config.data.val_split is None:
+        raise FastAdaptError(
+            f"train.select_metric: {select!r} picks among validations, but data.val_split is null; set "
+            f"data.val_split (e.g. val) or drop train.select_metric"
+        )
+    from .evaluate import METRICS
+
+    choices = learner_cls.selectable_metrics(learner_args)
+    # a main metric's name (accuracy, mse, ...): the trainer checks it is this learner's
+    if select not in choices and select not in METRICS:
+        fix = (
+            f"give one of {', '.join(choices)}, or null for the main metric"
+            if choices
+            else "it selects on its main metric only, so leave train.select_metric null"
+        )
+        raise FastAdaptError(
+            f"train.select_metric: {select!r} is not a validation metric of learner {config.learner.name}; {fix}"
+        )

@@ -33,7 +33,7 @@ def rl_records(run_dirs: list[str | Path]) -> list[dict]:
                 same = all(variant.get(k) == record.get(k) for k in ("split", "episodes", "seed", "shots"))
                 # the paper's figures on another test than the run's own: the one `reference.test` names
                 paper_test = bool(variant.get("reference")) and not record.get("reference")
-                if (settings and same or paper_test) and variant.get("other_metrics"):
+                if ((settings and same) or paper_test) and variant.get("other_metrics"):
                     shown = [f"{k} {v}" for k, v in settings.items()]
                     if paper_test:
                         shown.insert(0, f"{variant['split']} tasks, {variant['shots']} rollouts/step")
