@@ -188,9 +188,8 @@ def score_run(
         "trained_on": config.data.dataset,
         "overrides": config.overrides,
         "data_args": suite.config.data.args if prefix else config.data.args,
-        **(
-            {"data_settings": list(data_settings)} if data_settings else {}
-        ),  # eval's --set data.*: the table shows them
+        # eval's --set data.* items: the results table shows them
+        **({"data_settings": list(data_settings)} if data_settings else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     own = (

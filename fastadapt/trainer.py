@@ -258,7 +258,7 @@ class Trainer:
                 self.config.data.val_split, e.ways, e.shots, e.queries, cfg.val_episodes, e.seed + 1
             )
         metric = self.learner.primary_metric
-        select = cfg.select_metric or metric  # checked against the learner's metrics by check_config
+        select = cfg.select_metric or metric  # checked by check_config and __init__: one this learner reports
         tensorboard = (
             TensorBoardLog(self.run_dir, self.state["history"], metric, higher_is_better(metric))
             if self.dist.is_main

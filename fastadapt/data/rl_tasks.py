@@ -17,7 +17,6 @@ Meta-World ML1 (`data.args.env_name`, e.g. reach-v3) with its own 50 training an
 from __future__ import annotations
 
 import abc
-import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,15 +74,15 @@ class RLSuite(TaskSuite):
         """Task `index` of the stream `seed`: parameters from default_rng([seed, index]), its own seed derived."""
         if index < 0:
             raise IndexError(f"task index must be non-negative, got {index}")
-        params = tuple(float(v) for v in self.task_params(np.random.default_rng([seed, index]), split))
+        return self.task_with(
+            self.task_params(np.random.default_rng([seed, index]), split), seed, index, shots, queries
+        )
+
+    def task_with(self, params, seed: int, index: int, shots: int, queries: int) -> RLTask:
+        """The task with these parameters at `index` of the stream `seed` (its rollout seed derived)."""
+        params = tuple(float(v) for v in params)
         return RLTask(
-            self.family,
-            params,
-            derive_seed(seed, index, "task"),
-            self.args.horizon,
-            shots,
-            queries,
-            self.env_args(),
+            self.family, params, derive_seed(seed, index, "task"), self.args.horizon, shots, queries, self.env_args()
         )
 
     def check(self) -> None:
@@ -166,19 +165,8 @@ class Point2DNavSuite(RLSuite):
                 f"or the run's eval.episodes)"
             )
         stream = seed + 4_000_037  # the rollouts' seeds: apart from every other split's
-        tasks = [
-            RLTask(
-                self.family,
-                tuple(float(v) for v in goal),
-                derive_seed(stream, i, "task"),
-                self.args.horizon,
-                shots,
-                queries,
-                self.env_args(),
-            )
-            for i, goal in enumerate(self.paper_goals()[:episodes])
-        ]
-        return FixedRLTasks(tasks, seed)
+        goals = self.paper_goals()[:episodes]
+        return FixedRLTasks([self.task_with(goal, stream, i, shots, queries) for i, goal in enumerate(goals)], seed)
 
 
 @dataclass
@@ -261,8 +249,4 @@ class ML1Suite(RLSuite):
     def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
         if split != "test":
             return super().fixed_set(split, ways, shots, queries, episodes, seed)
-        tasks = [
-            RLTask(self.family, (1.0, float(i % 50)), derive_seed(seed, i, "task"), self.args.horizon, shots, queries)
-            for i in range(episodes)
-        ]
-        return FixedRLTasks([dataclasses.replace(t, env_args=self.env_args()) for t in tasks], seed)
+        return FixedRLTasks([self.task_with((1.0, i % 50), seed, i, shots, queries) for i in range(episodes)], seed)
