@@ -211,6 +211,36 @@ def _lock_pid(run: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _kill_mid_trial(first, second, study_dir: Path, grace: int) -> Path | None:
+    """Kill `first` (kill -9) in the middle of a trial, after a checkpoint and before its end, and
+    hold `second` stopped until the dead trial's heartbeat is stale; returns the killed trial's folder.
+
+    Without the hold, `second` may start trials within the grace period (a trial here takes about a
+    second) and reach the study's target before any start sees the dead trial: its retry then stays
+    queued. Held, `second` finishes at most the trial it is in before the retry; so the kill waits
+    until at most one trial has finished (its curve.png is written before the trial is complete)."""
+    trials, deadline = study_dir / "trials", time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        runs = sorted(trials.glob("*")) if trials.is_dir() else []
+        ours = [r for r in runs if _lock_pid(r) == first.pid and (r / "checkpoints" / "latest.json").exists()]
+        running = [r for r in ours if not (r / "curve.png").exists()]
+        if running:
+            for worker in (first, second):  # freeze both, then check again: nothing moves meanwhile
+                worker.send_signal(signal.SIGSTOP)
+            finished = sum((r / "curve.png").exists() for r in trials.glob("*"))
+            if not (running[0] / "curve.png").exists() and finished <= 1:
+                first.send_signal(signal.SIGKILL)
+                first.wait()
+                time.sleep(grace + 2)  # past the grace period of the dead trial's last heartbeat
+                second.send_signal(signal.SIGCONT)
+                return running[0]
+            for worker in (first, second):
+                worker.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    first.wait()
+    return None
+
+
 def test_two_workers_share_a_postgres_study_and_survive_a_killed_worker(postgres, tmp_path):
     space = write_space(
         tmp_path / "space.yaml",
@@ -223,17 +253,7 @@ def test_two_workers_share_a_postgres_study_and_survive_a_killed_worker(postgres
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
     second = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
-    # Kill the first worker (kill -9) in the middle of a trial: after a checkpoint, before the end.
-    killed_run, deadline = None, time.monotonic() + 300
-    while killed_run is None and time.monotonic() < deadline and first.poll() is None:
-        for run in (study_dir / "trials").glob("*") if (study_dir / "trials").is_dir() else ():
-            if _lock_pid(run) == first.pid and (run / "checkpoints" / "latest.json").exists():
-                if not (run / "curve.png").exists():
-                    first.send_signal(signal.SIGKILL)
-                    killed_run = run
-                    break
-        time.sleep(0.05)
-    first.wait()
+    killed_run = _kill_mid_trial(first, second, study_dir, grace=2 * 1)
     assert killed_run is not None, "the first worker never ran a trial long enough to be killed"
     _, errors = second.communicate(timeout=600)
     assert second.returncode == 0, errors
