@@ -225,13 +225,17 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         item = args[0] if args and (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else None
         items = [_coerce(v, item, f"{where}[{i}]") if item is not None else v for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML reads 1e-3 as a string
+    if hint is float and not isinstance(value, bool):
+        try:  # YAML reads 1e-3 (and inf, nan) as a string
+            number = float(value) if isinstance(value, (int, float, str)) else None
         except ValueError:
-            pass
+            number = None
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if number is not None:
+            if not math.isfinite(number):  # no setting means anything at inf or nan: each would overflow later
+                raise FastAdaptError(f"{where} must be a finite number, got {value}")
+            return number
     if hint in (int, str, bool, float) and not (
         isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):
@@ -335,10 +339,11 @@ _BLOCK_OWNERS["model.backbone_args"] = ("model.backbone", "backbone")
 
 
 def with_preset_hint(config: Config, exc: FastAdaptError) -> FastAdaptError:
-    """`exc`, or for an unknown key that the preset set for the component a `--set` replaced (e.g.
-    banking77's data.args.class_split after --set data.dataset=textfile), the same message saying
+    """`exc`, or for an unknown or ill-typed key that the preset set for the component a `--set`
+    replaced (e.g. banking77's data.args.class_split after --set data.dataset=textfile), the same message saying
     so: `--set data.args.path=...` merges into the preset's block, it does not replace it."""
-    found = re.match(r"unknown setting (data\.args|learner\.args|model\.backbone_args)\.(\w+);", str(exc))
+    # an unknown key, or a known one whose preset value is the wrong kind here (mlp's hidden list for conv4)
+    found = re.match(r"(?:unknown setting )?(data\.args|learner\.args|model\.backbone_args)\.(\w+)[; ]", str(exc))
     if not found:
         return exc
     block, key = found.groups()

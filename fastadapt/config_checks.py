@@ -59,6 +59,13 @@ def check_config(config: Config) -> None:
             f"learner {config.learner.name} cannot learn the {'RL ' if problem == 'rl' else ''}dataset "
             f"{config.data.dataset}; RL datasets go with RL learners ({', '.join(_rl_learners())}) only"
         )
+    vectors = problem in ("rl", "regression") or getattr(dataset_cls, "modality", None) == "text"
+    if vectors and getattr(backbone_cls, "takes_images", False):
+        what = {"rl": "observations", "regression": "inputs"}.get(problem, "sentence embeddings")
+        raise FastAdaptError(
+            f"model.backbone {config.model.backbone} takes images, but {config.data.dataset} gives vectors "
+            f"({what}); use mlp (e.g. --set model.backbone=mlp --set 'model.backbone_args={{hidden: [100, 100]}}')"
+        )
     splits = getattr(dataset_cls, "splits", None)
     if isinstance(splits, (tuple, list)) and splits:
         for key in ("train_split", "val_split", "test_split"):

@@ -29,16 +29,21 @@ class DivergedError(FastAdaptError):
     """Training produced a non-finite loss, gradient or weight; nothing non-finite was saved."""
 
 
-def diverged(step: int, what: str, last_checkpoint: int | None, run_dir, lr: float) -> DivergedError:
-    """The one-line error: where it diverged, what is kept, and what to change."""
+def lr_fix(lr: float) -> str:
+    """What to change after a divergence, for learners stepped by the trainer's optimiser."""
+    return f"lower train.lr (now {lr:g})"
+
+
+def diverged(step: int, what: str, last_checkpoint: int | None, run_dir, fix: str) -> DivergedError:
+    """The one-line error: where it diverged, what is kept, and what to change (`fix`: the
+    learner's `divergence_fix`, else lr_fix)."""
     kept = (
         f"the last good checkpoint (step {last_checkpoint}) is kept in {run_dir}/checkpoints"
         if last_checkpoint is not None
         else "no checkpoint had been written yet"
     )
     return DivergedError(
-        f"training diverged at step {step} (non-finite {what}); {kept}; lower train.lr "
-        f"(now {lr:g}) and re-run with a new --out"
+        f"training diverged at step {step} (non-finite {what}); {kept}; {fix}; then re-run with a new --out"
     )
 
 
@@ -47,7 +52,7 @@ def check_losses(task_metrics: list[dict]) -> bool:
     return all(math.isfinite(m["loss"]) for m in task_metrics)
 
 
-def check_step(learner: torch.nn.Module, run_dir, lr: float, step: int, task_metrics: list[dict] | None = None) -> None:
+def check_step(learner: torch.nn.Module, run_dir, fix: str, step: int, task_metrics: list[dict] | None = None) -> None:
     """With `task_metrics` (before the optimiser step): the tasks' losses and the gradients; without
     (after it): the weights. Non-finite: a DivergedError naming `step` and the newest checkpoint."""
     if task_metrics is None:
@@ -58,7 +63,7 @@ def check_step(learner: torch.nn.Module, run_dir, lr: float, step: int, task_met
     if not ok:
         from .checkpoint import latest_step
 
-        raise diverged(step, what, latest_step(run_dir), run_dir, lr)
+        raise diverged(step, what, latest_step(run_dir), run_dir, fix)
 
 
 def require_finite_weights(module: torch.nn.Module, path) -> None:

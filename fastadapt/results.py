@@ -138,14 +138,30 @@ def _benchmark(r: dict) -> str:
         after += f", {r['split']} tasks, seed {r['seed']}"
     if r.get("metric") == "return":  # meta-RL: tasks are environments, shots are rollouts
         env = (r.get("data_args") or {}).get("env_name")
-        # rollouts scored after each step, where they differ (RL² has no steps: its trials are its own)
-        scored = f", {r['queries']} scored" if steps and r.get("queries") not in (None, r["shots"]) else ""
-        return f"{r['dataset']}{f' {env}' if env else ''} meta-RL, {r['shots']} rollouts/step{scored}{after}"
+        trained = r.get("trained_on", r["dataset"])
+        if trained != r["dataset"]:  # another task family than the run's, and the tested one's settings
+            after += f", trained on {trained}"
+        name = f"{r['dataset']}{f' {env}' if env else ''} meta-RL"
+        per_trial = (r.get("learner") or {}).get("episodes_per_trial")
+        if per_trial:  # RL²: no support rollouts; it adapts within each of `queries` trials
+            return f"{name}, {r['queries']} trials of {per_trial} episodes{after}"
+        # rollouts scored after each step, where they differ
+        scored = f", {r['queries']} scored" if r.get("queries") not in (None, r["shots"]) else ""
+        return f"{name}, {r['shots']} rollouts/step{scored}{after}"
     return f"{r['dataset']} {r['shots']}-shot regression{after}"
 
 
 def _mse(value: float, ci: float) -> str:
     return f"{value:.3f} ± {ci:.3f}" if abs(value) < 1e3 else f"{value:.2g} ± {ci:.2g}"  # a blow-up, not a fit
+
+
+def _success(r: dict) -> tuple[str, str] | None:
+    """The success rate after the last adaptation step (Meta-World: a rollout succeeds if it does at
+    any step), as (other_metrics key, label), or None for tasks that have none."""
+    steps = sorted(
+        int(k.rpartition("_")[2]) for k in r.get("other_metrics") or {} if k.startswith("success_rate_after_")
+    )
+    return (f"success_rate_after_{steps[-1]}", "success") if steps else None
 
 
 def _row(r: dict) -> str:
@@ -172,6 +188,16 @@ def _row(r: dict) -> str:
         value = f"{metric} {value}"
     reference = r.get("reference", {}).get(metric)
     reference = "–" if reference is None else (f"{100 * reference:.1f}" if percent else f"{reference}")
+    success = _success(r)  # Meta-World's score, beside the return
+    if success is not None:
+        key, label = success
+        scored = r["other_metrics"][key]
+        value += f"; {label} {100 * scored['mean']:.1f}% ± {100 * scored['ci95']:.1f}"
+        paper = r.get("reference", {}).get(key)
+        if paper is not None:
+            reference = (
+                f"{label} {100 * paper:.1f}%" if reference == "–" else f"{reference}; {label} {100 * paper:.1f}%"
+            )
     return (
         f"| {r['method']} | {task} ({r['episodes']} ep.) | {value} | {reference} | "
         f"{trained_steps(r)} | {minutes:.1f} | {machine} | {preset} | {r['run']} |"

@@ -6,7 +6,10 @@
   `evaluate_run`), and forked children (engine workers) close their copy at once, so the lock
   lives exactly as long as the process that took it, and dies with it (even on kill -9).
 - `remove_stale_temp_files`: the `.*.tmp` files of writes cut short by a kill.
-- `read_run_config`: `config.yaml` of a run folder, every way of being unreadable one line.
+- `release_unused_claim`: a new run that failed before training leaves no folder that would refuse
+  the corrected command.
+- `read_run_config`: `config.yaml` of a run folder, every way of being unreadable one line;
+  `write_or_check_settings`: a new run's config.yaml, or a resumed run's settings checked against it.
 - `require_rank_0`: under torch.distributed only rank 0 locks and writes a run folder (the other
   ranks read it to resume); the lock and the checkpoint writer refuse other ranks.
 """
@@ -23,9 +26,12 @@ from pathlib import Path
 import yaml
 
 from .errors import FastAdaptError
-from .utils import WriteError, file_mode
+from .utils import WriteError, atomic_write_text, file_mode
 
 LOCK_NAME = ".lock"
+#: Settings that only label a run (checkpoint.UNFINGERPRINTED but `overrides`, which records how a
+#: run departs from its preset): a resumed run takes the preset's current ones.
+LABELS = ("name", "description", "reference")
 _IMPORTED = time.time()
 _held: dict[str, list[int]] = {}  # real path of the run folder -> [fd, depth]
 
@@ -115,6 +121,16 @@ def _remove_if_only_lock(run_dir: Path, path: Path) -> None:
         pass  # someone else wrote into it meanwhile: it stays
 
 
+def release_unused_claim(run_dir: str | Path) -> None:
+    """Remove what a new run wrote on claiming its folder (config.yaml, model.json, an empty
+    TensorBoard log) when it failed before writing anything else: a setting only the environment or
+    the model could refuse, a crash, Ctrl-C. A folder with anything more is left as it is."""
+    written = [p for p in Path(run_dir).iterdir() if p.name != LOCK_NAME]
+    if all(p.name in ("config.yaml", "model.json") or p.name.startswith("events.out.tfevents") for p in written):
+        for path in written:
+            path.unlink(missing_ok=True)
+
+
 def process_start_time() -> float:
     """When this process started (Linux: /proc; elsewhere: when this module was imported)."""
     try:
@@ -165,3 +181,35 @@ def read_run_config(run_dir: str | Path) -> dict:
     if not isinstance(values, dict):
         raise FastAdaptError(f"{path} does not hold a mapping of settings (empty or damaged); {fix}")
     return values
+
+
+def write_or_check_settings(run_dir: str | Path, wanted: dict) -> None:
+    """Write `wanted` (a Config's dict) as RUN/config.yaml, or check that the folder's run has these
+    settings: labels (LABELS) may differ and are updated, anything else is a one-line error. A
+    folder with other files and no config.yaml is the user's (e.g. their data): never written into."""
+    from .config import config_from_dict  # the config module is the settings' one reader
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if config_path.exists():
+        raw = read_run_config(run_dir)  # binary, truncated, not a mapping: one line
+        try:
+            existing = config_from_dict(raw).to_dict()
+        except FastAdaptError as exc:
+            raise FastAdaptError(f"{config_path}: {exc}") from None
+        changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
+        if any(k not in LABELS for k in changed):
+            raise FastAdaptError(
+                f"run folder {run_dir} holds a run with other settings (differs in: {', '.join(changed)}); "
+                f"resume it with the same settings or choose a new --out"
+            )
+        if changed:  # only labels, e.g. a preset's corrected paper figures: the run takes them
+            atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
+        return
+    other = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) if run_dir.is_dir() else []
+    if other:
+        raise FastAdaptError(
+            f"--out {run_dir} is a folder with other files ({', '.join(other[:3])}{' ...' if len(other) > 3 else ''}) "
+            f"and no config.yaml, so it is not a run folder; give a new or empty folder"
+        )
+    atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))

@@ -106,6 +106,11 @@ def score_run(
     if ways is not None and learner.problem != "classification":
         kind = "an RL" if learner.problem == "rl" else f"a {learner.problem}"
         raise FastAdaptError(f"{run_dir} is {kind} run: its tasks have no ways; drop --ways")
+    if shots is not None and getattr(learner, "no_support", False):
+        raise FastAdaptError(
+            f"{config.learner.name} adapts within its trials, with no support rollouts: drop --shots (--queries "
+            f"sets the trials per task, now {config.eval.queries})"
+        )
     trained_args = getattr(learner, "args", None)  # restored after this test (test-time settings)
     changed = apply_test_settings(learner, config.learner.name, learner_settings or [])
     e = config.eval

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, settings_fingerprint
 from .config import Config, config_from_dict
@@ -24,14 +23,14 @@ from .config_checks import check_config, check_ranks
 from .data import build_suite
 from .distributed import agreed, check_same_start, held_by_main
 from .distributed import setup as setup_distributed
-from .divergence import check_step, require_finite_weights, save_finite_weights
+from .divergence import DivergedError, check_step, lr_fix, require_finite_weights, save_finite_weights
 from .engine import make_engine
 from .errors import FastAdaptError
 from .evaluate import better, evaluate, higher_is_better
 from .learners import build_learner
 from .progress import Progress
 from .report import plot_learning_curve, write_metrics_csv
-from .runlock import read_run_config, remove_stale_temp_files, run_lock
+from .runlock import read_run_config, release_unused_claim, remove_stale_temp_files, run_lock, write_or_check_settings
 from .scoring import read_model_info, score_run
 from .tblog import TensorBoardLog
 from .utils import atomic_write_text, resolve_device
@@ -64,11 +63,6 @@ def _optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     raise FastAdaptError(f"unknown train.optimizer {cfg.optimizer!r}; choose adam or sgd")
-
-
-#: Settings that only label a run (checkpoint.UNFINGERPRINTED but `overrides`, which records how a
-#: run departs from its preset): a resumed run takes the preset's current ones.
-LABELS = ("name", "description", "reference")
 
 
 class Trainer:
@@ -126,38 +120,7 @@ class Trainer:
     # -- run folder -------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
         """Write config.yaml, or check that the folder's run has these settings (labels may differ)."""
-        config_path = self.run_dir / "config.yaml"
-        wanted = self.config.to_dict()
-        if config_path.exists():
-            raw = read_run_config(self.run_dir)  # binary, truncated, not a mapping: one line
-            try:
-                existing = config_from_dict(raw).to_dict()
-            except FastAdaptError as exc:
-                raise FastAdaptError(f"{config_path}: {exc}") from None
-            changed = sorted(k for k in wanted if wanted[k] != existing.get(k))
-            if any(k not in LABELS for k in changed):
-                raise FastAdaptError(
-                    f"run folder {self.run_dir} holds a run with other settings "
-                    f"(differs in: {', '.join(changed)}); resume it with the same "
-                    f"settings or choose a new --out"
-                )
-            if changed:  # only labels, e.g. a preset's corrected paper figures: the run takes them
-                atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
-        else:
-            # A folder that is not a run folder (and not empty) is the user's, e.g. their data:
-            # never write a run into it.
-            other = (
-                sorted(p.name for p in self.run_dir.iterdir() if not p.name.startswith("."))
-                if self.run_dir.is_dir()
-                else []
-            )
-            if other:
-                raise FastAdaptError(
-                    f"--out {self.run_dir} is a folder with other files ({', '.join(other[:3])}"
-                    f"{' ...' if len(other) > 3 else ''}) and no config.yaml, so it is not a run "
-                    f"folder; give a new or empty folder"
-                )
-            atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
+        write_or_check_settings(self.run_dir, self.config.to_dict())
 
     def _claim_run_dir(self) -> None:
         self._prepare_run_dir()
@@ -222,10 +185,18 @@ class Trainer:
         and returns None (tuning trials: the test set is used once, by the run from the best trial).
         Under torchrun (fastadapt.distributed), rank 0 writes the run folder and returns the
         result; the other ranks train alongside it and return None."""
+        fresh = self.dist.is_main and not (self.run_dir / "config.yaml").exists()
         with held_by_main(self.dist, lambda: run_lock(self.run_dir)):  # torchrun: rank 0 holds it
             if self.dist.is_main:
                 remove_stale_temp_files(self.run_dir)  # left by a killed run; the lock keeps live writers out
-            return self._fit(stop_after, on_validation, test)
+            try:
+                return self._fit(stop_after, on_validation, test)
+            except DivergedError:
+                raise  # its message names the folder, kept for a look at what diverged
+            except BaseException:
+                if fresh:  # else the corrected command would meet "a run with other settings"
+                    release_unused_claim(self.run_dir)
+                raise
 
     def _nothing_to_train(self, test: bool) -> dict | None:
         """A learner without trainable parameters (a frozen encoder's ProtoNet, logistic regression
@@ -282,6 +253,8 @@ class Trainer:
             f"{cfg.steps} steps x {cfg.meta_batch} tasks, engine={engine.name}, device={self.device}"
         )
         started = time.perf_counter() - self.state["elapsed"]
+        # what a divergence message tells the user to change: the outer lr, unless the learner says
+        fix = self.learner.divergence_fix(cfg.lr) if hasattr(self.learner, "divergence_fix") else lr_fix(cfg.lr)
         self.learner.train()
         try:
             with Progress(cfg.steps, self.state["step"], enabled=not self.quiet) as progress:
@@ -300,11 +273,11 @@ class Trainer:
                     if not own_update:
                         self.optimizer.zero_grad(set_to_none=True)
                         task_metrics = engine.meta_gradient(self.learner, tasks, progress=(step, cfg.steps))
-                        check_step(self.learner, self.run_dir, cfg.lr, step + 1, task_metrics)  # NaN/inf: stop
+                        check_step(self.learner, self.run_dir, fix, step + 1, task_metrics)  # NaN/inf: stop
                         self.optimizer.step()
                     else:
-                        check_step(self.learner, self.run_dir, cfg.lr, step + 1, task_metrics)  # its losses
-                    check_step(self.learner, self.run_dir, cfg.lr, step + 1)  # before any weight is saved
+                        check_step(self.learner, self.run_dir, fix, step + 1, task_metrics)  # its losses
+                    check_step(self.learner, self.run_dir, fix, step + 1)  # before any weight is saved
                     lr = self.optimizer.param_groups[0]["lr"]
                     if not own_update:  # the schedule advances with the optimiser's steps
                         self.scheduler.step()

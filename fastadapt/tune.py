@@ -126,9 +126,17 @@ def prepare(
     check_space(space, raw, overrides, str(space_path))
     base = config_from_dict(apply_overrides(raw, overrides + list(space.trial_settings)))
     if not base.data.val_split:
-        raise FastAdaptError(
-            "tuning needs validation episodes (the objective), but data.val_split is null; set a validation split"
+        from .registry import DATASETS
+
+        dataset = DATASETS.get(base.data.dataset)
+        splits = [s for s in getattr(dataset, "splits", ()) if s not in getattr(dataset, "test_only", {})]
+        fix = (
+            f"set one (--set data.val_split=...; {base.data.dataset}'s splits for it: {', '.join(splits)})"
+            if len(splits) > 1
+            else f"{base.data.dataset} has no validation split (only {', '.join(splits)} and its test tasks), so "
+            f"it cannot be tuned"
         )
+        raise FastAdaptError(f"tuning needs validation episodes (the objective), but data.val_split is null; {fix}")
     metric = _metric(base, data_root)
     study = study or f"{base.name}-tune"
     study_dir = Path(out) if out is not None else Path("runs") / study

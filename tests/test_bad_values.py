@@ -236,6 +236,43 @@ def test_issue_examples(setting, message, tmp_path):
     assert len(err) == 1 and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "preset,settings,message",
+    [
+        ("maml-trpo-point2d", ["data.args.goal_high=inf"], "data.args.goal_high must be a finite number, got inf"),
+        ("maml-trpo-cheetah-vel", ["data.args.velocity_high=.nan"], "data.args.velocity_high must be a finite"),
+        ("maml-trpo-point2d", ["learner.args.inner_lr=.inf"], "learner.args.inner_lr must be a finite number, got inf"),
+        ("maml-trpo-point2d", ["learner.args.inner_lr=1e400"], "learner.args.inner_lr must be a finite number"),
+        (
+            "maml-trpo-point2d",
+            ["model.backbone=conv4", "model.backbone_args={}"],
+            "model.backbone conv4 takes images, but point2d-nav gives vectors (observations); use mlp",
+        ),
+        (
+            "rl2-point2d",
+            ["model.backbone=resnet12", "model.backbone_args={}"],
+            "model.backbone resnet12 takes images, but point2d-nav gives vectors",
+        ),
+        (
+            "maml-sinusoid-5shot",
+            ["model.backbone=conv4", "model.backbone_args={}"],
+            "model.backbone conv4 takes images, but sinusoid gives vectors (inputs)",
+        ),
+        (  # the preset's mlp widths, a list, where conv4 takes one width: the hint says where it came from
+            "maml-trpo-point2d",
+            ["model.backbone=conv4"],
+            "model.backbone_args.hidden must be int, got [100, 100]; model.backbone_args.hidden comes from the "
+            "preset, written for its own backbone",
+        ),
+    ],
+)
+def test_settings_the_chosen_parts_cannot_take(preset, settings, message, tmp_path):
+    argv = [arg for item in settings for arg in ("--set", item)]
+    code, err = run("train", preset, *argv, "--out", str(tmp_path / "run"), "--quiet")
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
 def test_head_learner_eval_ways_must_match_training():
     code, err = run("train", "maml-omniglot-5w1s", "--set", "eval.ways=20", "--quiet")
     assert code == 2 and len(err) == 1 and "eval.ways must equal train.episodes.ways (5)" in err[0], err

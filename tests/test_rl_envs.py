@@ -112,3 +112,17 @@ def test_rl_splits_are_checked():
     ml1 = build_suite(load_config("maml-trpo-point2d", ["data.dataset=ml1", "data.args={}", "data.val_split=val"]))
     with pytest.raises(FastAdaptError, match="data.val_split: ml1 has no split 'val'; valid splits: train, test"):
         ml1.check()
+
+
+def test_meta_world_test_tasks_are_never_trained_or_selected_on_and_env_names_are_checked():
+    pytest.importorskip("metaworld")
+    from fastadapt.errors import FastAdaptError
+
+    for preset, what in (("maml-trpo-ml1-reach", "the benchmark's 50 test tasks"), ("maml-trpo-ml10", "the bench")):
+        for key, fix in (("train_split", "use train"), ("val_split", "set it to null")):
+            suite = build_suite(load_config(preset, [f"data.{key}=test"]))
+            with pytest.raises(FastAdaptError, match=f"data.{key}: 'test' is {what}.*for testing only.*{fix}"):
+                suite.check()
+    suite = build_suite(load_config("maml-trpo-ml1-reach", ["data.args.env_name=reach"]))
+    with pytest.raises(FastAdaptError, match="no ML1 environment 'reach'; did you mean reach-v3\\? valid: assembly-v3"):
+        suite.check()

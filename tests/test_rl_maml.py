@@ -453,3 +453,34 @@ def test_eval_on_another_task_family_checks_the_split_then_the_observation_size(
         assert main(["eval", str(run), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "image_size" not in err, err
+
+
+def test_a_diverged_trpo_run_names_the_trust_region_not_an_lr(tmp_path):
+    from fastadapt.divergence import DivergedError
+
+    # goals 1e300 away: squared distances overflow, so the first meta-batch's loss is not finite
+    config = load_config("maml-trpo-point2d", [*TINY, "data.args.goal_high=1e300"])
+    with pytest.raises(DivergedError, match=r"lower learner.args.max_kl \(now 0.01\) or learner.args.inner_lr") as err:
+        Trainer(config, tmp_path / "run", quiet=True).fit()
+    assert "train.lr" not in str(err.value)
+    adam = load_config("maml-trpo-point2d", [*TINY, "data.args.goal_high=1e300", "learner.args.outer=adam"])
+    with pytest.raises(DivergedError, match=r"lower train.lr \(now 0.001\) or learner.args.inner_lr"):
+        Trainer(adam, tmp_path / "adam", quiet=True).fit()
+
+
+def test_results_rows_show_meta_world_success_and_the_family_trained_on():
+    from fastadapt.results import _row
+
+    success = {"success_rate_after_0": {"mean": 0.1, "ci95": 0.05}, "success_rate_after_1": {"mean": 0.2, "ci95": 0.06}}
+    record = {
+        **{"preset": "maml-trpo-ml10", "method": "maml-rl", "dataset": "ml10", "metric": "return", "run": "r"},
+        **{"return": 1000.0, "ci95": 10.0, "episodes": 50, "shots": 10, "queries": 10, "adapt_steps": 1},
+        **{"other_metrics": success, "reference": {"success_rate_after_1": 0.316}, "train_steps": 12},
+    }
+    row = _row(record)  # the success rate after the last step, beside the return; the paper's is a success rate
+    assert "| return 1000.0 ± 10.0; success 20.0% ± 6.0 | success 31.6% |" in row
+    other = _row(
+        {**record, "dataset": "cheetah-vel", "trained_on": "cheetah-dir", "other_metrics": {}, "reference": {}}
+    )
+    assert "cheetah-vel meta-RL, 10 rollouts/step, 1 step, trained on cheetah-dir (50 ep.)" in other
+    assert "success" not in other

@@ -89,6 +89,14 @@ def test_tiny_rl2_ppo_run(tmp_path, capsys):
     print_result(records[0])  # the CLI's line: episodes and trials, not gradient steps and rollouts
     line = capsys.readouterr().out
     assert "in episode 2 of each trial" in line and "2 trials scored" in line and "rollouts" not in line
+    from fastadapt.cli import main
+    from fastadapt.results import results_table
+
+    row = next(line for line in results_table([tmp_path / "run"]).splitlines() if "meta-RL" in line)
+    assert "point2d-nav meta-RL, 2 trials of 2 episodes (2 ep.)" in row and "rollouts" not in row
+    # RL² has no support rollouts: --shots would change nothing but the result file's name
+    assert main(["eval", str(tmp_path / "run"), "--shots", "7"]) == 2
+    assert "rl2 adapts within its trials, with no support rollouts: drop --shots" in capsys.readouterr().err
     # PPO needs the whole meta-batch in one process: on 2 ranks the trainer refuses before training
     from fastadapt.distributed import Context
     from fastadapt.errors import FastAdaptError

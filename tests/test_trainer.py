@@ -199,3 +199,35 @@ def test_a_run_takes_its_preset_s_corrected_labels_but_not_other_settings(tmp_pa
     with pytest.raises(FastAdaptError, match=r"\(differs in: description, overrides, reference, train\)"):
         Trainer(other, run_dir, quiet=True)._prepare_run_dir()
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == old
+
+
+def test_a_new_run_failing_before_training_leaves_no_folder_to_refuse_the_fix(tmp_path, monkeypatch):
+    """A setting only the model or the environment refuses fails after the folder's claim
+    (config.yaml): the claim is taken back, so the corrected command is not "a run with other
+    settings"; a folder holding anything more is kept as it was."""
+    from fastadapt import trainer as trainer_module
+    from fastadapt.errors import FastAdaptError
+
+    config = load_config("maml-sinusoid-5shot", ["train.steps=2", "train.meta_batch=2", "train.checkpoint_every=1"])
+
+    def refuse(*args, **kwargs):
+        raise FastAdaptError("refused after the claim")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "make_engine", refuse)
+        with pytest.raises(FastAdaptError, match="refused after the claim"):
+            Trainer(config, tmp_path / "new", quiet=True).fit()
+        assert not (tmp_path / "new").exists()
+        (tmp_path / "mine").mkdir()  # the user's empty folder stays, empty
+        with pytest.raises(FastAdaptError):
+            Trainer(config, tmp_path / "mine", quiet=True).fit()
+        assert [p.name for p in (tmp_path / "mine").iterdir() if not p.name.startswith(".")] == []
+    other = load_config("maml-sinusoid-5shot", ["train.steps=2", "train.meta_batch=4", "train.checkpoint_every=1"])
+    Trainer(other, tmp_path / "new", quiet=True).fit(stop_after=1)  # the corrected command takes the folder
+    # a failure after training wrote files (here the final test) keeps them, in a new run too
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "evaluate_run", refuse)
+        with pytest.raises(FastAdaptError):
+            Trainer(config, tmp_path / "trained", quiet=True).fit()
+    kept = {p.name for p in (tmp_path / "trained").iterdir()}
+    assert {"config.yaml", "checkpoints", "metrics.csv", "best.safetensors"} <= kept

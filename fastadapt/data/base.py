@@ -205,6 +205,7 @@ class RegressionSuite(TaskSuite):
 
     problem = "regression"
     input_shape = (1,)
+    splits: tuple[str, ...] = ("train", "val", "test")  # task streams, not data: each split its own seeds
 
     def __init__(self, config: Config, data_root: str | Path | None = None, download: bool = False):
         super().__init__(config, data_root, download)

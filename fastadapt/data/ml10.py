@@ -47,6 +47,7 @@ class ML10Suite(RLSuite):
     action_dim = 4
     required_modules = ("metaworld",)
     splits = ("train", "test")
+    test_only = {"test": "the benchmark's 5 held-out environments"}
 
     Args = MetaWorldArgs  # benchmark_seed fixes the 500 + 250 tasks; horizon
 

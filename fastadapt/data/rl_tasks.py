@@ -17,9 +17,11 @@ Meta-World ML1 (`data.args.env_name`, e.g. reach-v3) with its own 50 training an
 from __future__ import annotations
 
 import abc
+import difflib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -57,6 +59,9 @@ class RLSuite(TaskSuite):
     action_dim: int = 0
     required_modules: tuple[str, ...] = ()
     splits: tuple[str, ...] = ("train", "val", "test")
+    #: splits holding a benchmark's own test tasks (what the paper is compared on), with what they
+    #: are: refused for training and for selection, which would be testing on them
+    test_only: ClassVar[dict[str, str]] = {}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -95,6 +100,15 @@ class RLSuite(TaskSuite):
         if self.config.train.episodes.ways is not None:
             raise FastAdaptError(f"train.episodes.ways must be null for the RL dataset {self.config.data.dataset}")
         self.require_config_splits()
+        for key in ("train_split", "val_split"):
+            split = getattr(self.config.data, key)
+            if split in self.test_only:
+                wanted = "train" if key == "train_split" else "val"
+                fix = f"use {wanted}" if wanted in self.splits else "set it to null (the last iterate is tested)"
+                raise FastAdaptError(
+                    f"data.{key}: {split!r} is {self.test_only[split]}, for testing only (training or selecting "
+                    f"on them would be testing on them); {fix}"
+                )
 
     def train_task(self, index: int) -> RLTask:
         e = self.config.train.episodes
@@ -117,6 +131,7 @@ class Point2DNavSuite(RLSuite):
     # np.random.seed(1); np.random.uniform(-0.5, 0.5, size=(40, 2))), so a result can be set
     # beside the paper's on the same goals rather than on another sample of the same square
     splits = ("train", "val", "test", "paper")
+    test_only = {"paper": "the MAML authors' 40 test goals"}
     PAPER_GOALS = 40
 
     @dataclass
@@ -146,14 +161,6 @@ class Point2DNavSuite(RLSuite):
     def paper_goals(cls) -> np.ndarray:
         """The MAML authors' test goals, (40, 2): the legacy global generator seeded 1, as their script."""
         return np.random.RandomState(1).uniform(-0.5, 0.5, size=(cls.PAPER_GOALS, 2))
-
-    def check(self) -> None:
-        super().check()
-        for key in ("train_split", "val_split"):  # selecting on the goals it is compared on is testing on them
-            if getattr(self.config.data, key) == "paper":
-                raise FastAdaptError(
-                    f"data.{key}: 'paper' is the MAML authors' 40 test goals, for testing only; use {key.split('_')[0]}"
-                )
 
     def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
         if split != "paper":
@@ -235,10 +242,23 @@ class ML1Suite(RLSuite):
     action_dim = 4
     required_modules = ("metaworld",)
     splits = ("train", "test")
+    test_only = {"test": "the benchmark's 50 test tasks"}
 
     @dataclass
     class Args(MetaWorldArgs):
         env_name: str = "reach-v3"  # the ML1 environment (reach-v3, push-v3, pick-place-v3, ...)
+
+    def check(self) -> None:
+        super().check()
+        import metaworld  # present: checked above
+
+        names = sorted(metaworld.ML1.ENV_NAMES)
+        if self.args.env_name not in names:
+            close = difflib.get_close_matches(self.args.env_name, names, n=3)
+            raise FastAdaptError(
+                f"data.args.env_name: Meta-World has no ML1 environment {self.args.env_name!r}; "
+                f"{f'did you mean {close[0]}? ' if close else ''}valid: {', '.join(names)}"
+            )
 
     def env_args(self):
         return (("benchmark_seed", int(self.args.benchmark_seed)), ("env_name", self.args.env_name))

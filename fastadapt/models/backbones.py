@@ -56,6 +56,8 @@ class Conv4(nn.Module):
     given by `feature_shape`, for learners that compare images spatially.
     """
 
+    takes_images = True  # (N, C, H, W) input only: config checks refuse it for vector data
+
     @dataclass
     class Args:
         """`model.backbone_args` of conv4 (in_channels, image_size, out_features and channels_last

@@ -78,6 +78,8 @@ class ResNet12(nn.Module):
     Conv4), so the trainer's CPU default (NHWC) suits ResNet-12 as well.
     """
 
+    takes_images = True  # (N, C, H, W) input only: config checks refuse it for vector data
+
     @dataclass
     class Args:
         """`model.backbone_args` of resnet12 (in_channels, image_size, out_features and

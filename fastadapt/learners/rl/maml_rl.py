@@ -154,6 +154,15 @@ class MAMLRL(Learner):
         penalty = " and learner.args.inner_kl_penalty=0" if args.inner_kl_penalty else ""  # ProMP's is PPO's
         return single_process_message(args.outer) + penalty
 
+    def divergence_fix(self, lr: float) -> str:
+        """What a divergence message says to change (TRPO's step is set by max_kl, not an lr)."""
+        a = self.args
+        outer = f"learner.args.max_kl (now {a.max_kl:g})" if a.outer == "trpo" else f"train.lr (now {lr:g})"
+        return (
+            f"lower {outer} or learner.args.inner_lr (now {a.inner_lr:g}), and check that data.args keep the "
+            f"rewards at a sane scale"
+        )
+
     @classmethod
     def selectable_metrics(cls, args) -> tuple[str, ...]:
         # e.g. return_after_1: the paper's "best average return during training" is after one step
