@@ -130,6 +130,8 @@ def score_run(
         learner.eval_inner_steps = adapt_steps
     if split is not None and not split.strip():
         raise FastAdaptError("--split is empty; name a split (e.g. test, val, all) or drop --split")
+    if data == config.data.dataset and not data_settings:
+        data = None  # the run's own dataset, named: the same test as without --data, in the same file
     own_data = data is None and not data_settings
     if split == config.data.test_split and own_data:
         split = None  # the run's own test: the same result as without --split, in the same file

@@ -336,6 +336,7 @@ def test_test_time_step_sizes_change_only_the_steps_they_size_and_are_recorded(t
     assert record["return"] == float(validated[-1]["val_metric"]) and record["data_args"]["horizon"] == 8
     # the results table tells these rows apart: the split's seed, an eval's own data settings
     assert main(["eval", str(run), "--data", "point2d-nav", "--set", "data.args.horizon=6", "--episodes", "3"]) == 0
+    assert main(["eval", str(run), "--data", "point2d-nav"]) == 0  # its own dataset, named: eval.json again
     from fastadapt.results import results_table
 
     rows = [line for line in results_table([run]).splitlines() if "meta-RL" in line]
