@@ -166,7 +166,14 @@ class AdaptedTask:
 
 def load(run_dir: str | Path, data_root: str | Path | None = None) -> FewShotModel:
     """A trained run folder as a `FewShotModel` (its selected weights; no training data needed).
-    Raises FastAdaptError if the folder is not a finished run."""
+    Raises FastAdaptError if the folder is not a finished run, or is an RL run."""
     from .trainer import load_run
 
-    return FewShotModel(load_run(run_dir, data_root=data_root), Path(run_dir))
+    trainer = load_run(run_dir, data_root=data_root)
+    if trainer.learner.problem == "rl":  # its tasks are environments: nothing here can adapt it
+        raise FastAdaptError(
+            f"{run_dir} is an RL run: it adapts from rollouts in its environments, not from labelled "
+            f"inputs; test it with `fastadapt eval {run_dir}` (fastadapt.load takes classification and "
+            f"regression runs)"
+        )
+    return FewShotModel(trainer, Path(run_dir))

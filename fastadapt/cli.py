@@ -227,7 +227,7 @@ def _check_same_settings(run_dir: Path, config) -> None:
 def _check_options(args, names: tuple[str, ...]) -> None:
     """Command-line numbers in range, before anything is loaded."""
     limits = {
-        "episodes": (1, "an integer >= 1"),
+        "episodes": (2, "an integer >= 2 (a 95% CI needs two)"),
         "ways": (2, "an integer >= 2"),
         "shots": (1, "an integer >= 1"),
         "queries": (1, "an integer >= 1"),

@@ -4,6 +4,8 @@ of a search space) before any data is loaded."""
 
 from __future__ import annotations
 
+import warnings
+
 from .config import Config, config_from_dict, with_preset_hint
 from .errors import FastAdaptError
 from .registry import BACKBONES, DATASETS, LEARNERS
@@ -48,6 +50,9 @@ def check_config(config: Config) -> None:
     except FastAdaptError as exc:
         raise with_preset_hint(config, exc) from None
     _check_select_metric(config, learner_cls, learner_args)
+    for key, why in unused_settings(config, learner_cls, learner_args).items():
+        if any(item.partition("=")[0] == key for item in config.overrides):  # set by the user, not the preset
+            warnings.warn(f"{key} is unused by learner {config.learner.name} here ({why})", stacklevel=2)
     dataset_cls = DATASETS.get(config.data.dataset)
     if getattr(dataset_cls, "Args", None) is not None:
         from .data.base import parse_data_args
@@ -93,6 +98,19 @@ def check_config(config: Config) -> None:
                 f"eval.ways must equal train.episodes.ways ({train_ways}) for "
                 f"{config.learner.name}, whose head has that many outputs; got {eval_ways}"
             )
+
+
+def unused_settings(config: Config, learner_cls=None, learner_args=None) -> dict[str, str]:
+    """{config key: why} for the settings this learner, with these args, never reads (learners
+    say so with a `unused_settings(args)` classmethod; none: every setting is read)."""
+    from .learners.base import parse_args
+
+    learner_cls = learner_cls or LEARNERS.get(config.learner.name)
+    if not hasattr(learner_cls, "unused_settings"):
+        return {}
+    if learner_args is None:
+        learner_args = parse_args(learner_cls.Args, config.learner.args)
+    return learner_cls.unused_settings(learner_args)
 
 
 def _check_select_metric(config: Config, learner_cls, learner_args) -> None:

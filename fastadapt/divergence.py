@@ -25,6 +25,9 @@ def all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     return bool(torch.isfinite(torch.stack([n.float().to(norms[0].device) for n in norms])).all())
 
 
+NEW_OUT = "then re-run with a new --out"  # the folder holds the diverged run's files
+
+
 class DivergedError(FastAdaptError):
     """Training produced a non-finite loss, gradient or weight; nothing non-finite was saved."""
 
@@ -42,9 +45,7 @@ def diverged(step: int, what: str, last_checkpoint: int | None, run_dir, fix: st
         if last_checkpoint is not None
         else "no checkpoint had been written yet"
     )
-    return DivergedError(
-        f"training diverged at step {step} (non-finite {what}); {kept}; {fix}; then re-run with a new --out"
-    )
+    return DivergedError(f"training diverged at step {step} (non-finite {what}); {kept}; {fix}; {NEW_OUT}")
 
 
 def check_losses(task_metrics: list[dict]) -> bool:

@@ -121,14 +121,17 @@ def _remove_if_only_lock(run_dir: Path, path: Path) -> None:
         pass  # someone else wrote into it meanwhile: it stays
 
 
-def release_unused_claim(run_dir: str | Path) -> None:
+def release_unused_claim(run_dir: str | Path) -> bool:
     """Remove what a new run wrote on claiming its folder (config.yaml, model.json, an empty
     TensorBoard log) when it failed before writing anything else: a setting only the environment or
-    the model could refuse, a crash, Ctrl-C. A folder with anything more is left as it is."""
+    the model could refuse, a divergence at the first steps, a crash, Ctrl-C. A folder with anything
+    more is left as it is (returns False)."""
     written = [p for p in Path(run_dir).iterdir() if p.name != LOCK_NAME]
-    if all(p.name in ("config.yaml", "model.json") or p.name.startswith("events.out.tfevents") for p in written):
-        for path in written:
-            path.unlink(missing_ok=True)
+    if not all(p.name in ("config.yaml", "model.json") or p.name.startswith("events.out.tfevents") for p in written):
+        return False
+    for path in written:
+        path.unlink(missing_ok=True)
+    return True
 
 
 def process_start_time() -> float:

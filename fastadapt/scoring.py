@@ -28,14 +28,22 @@ if TYPE_CHECKING:
 
 
 def applicable_reference(
-    config: Config, ways, shots, adapt_steps: int | None = None, split: str | None = None, queries: int | None = None
+    config: Config,
+    ways,
+    shots,
+    adapt_steps: int | None = None,
+    split: str | None = None,
+    queries: int | None = None,
+    episodes: int | None = None,
 ) -> dict:
     """The paper's number applies only to the paper's test setting on the preset's data: the
     preset's own test (ways, shots, data.test_split), or the one its `reference.test` names where
     the paper tested otherwise (2D navigation: `{split: paper, shots: 40, queries: 40}`, the
     authors' goals and batch; then the run's own eval.* settings do not matter). A preset may give
     numbers for other test-time step counts under `reference.by_adapt_steps`. `split`: the tested
-    split (None: data.test_split); `queries`: checked only where `reference.test` names them."""
+    split (None: data.test_split); `queries`: checked only where `reference.test` names them;
+    `episodes`: checked only where it names `episodes_multiple_of` (ML10: the paper weighs its 5
+    test environments equally, and test task i is environment i mod 5)."""
     protocol = config.reference.get("test") or {}
     wanted = (
         protocol.get("ways", config.eval.ways),
@@ -45,6 +53,9 @@ def applicable_reference(
     )
     tested = (ways, shots, split or config.data.test_split, queries if "queries" in protocol else None)
     own_test = tested == wanted
+    multiple = protocol.get("episodes_multiple_of")
+    if multiple and (episodes is None or episodes % multiple):
+        own_test = False
     # the number of test episodes and their seed change the estimate's precision, not what is
     # measured; the validation split, like train.*, changes which weights are tested, not the test
     unchanged = ("eval.episodes=", "eval.seed=", "data.val_split=") + (("eval.",) if protocol else ())
@@ -190,7 +201,9 @@ def score_run(
         "adapt_steps": getattr(learner, "eval_inner_steps", None),
         **({"test_settings": changed} if changed else {}),
         "machine": machine_info(trainer.device),
-        "reference": applicable_reference(config, ways, shots, adapt_steps, test_split, queries) if own_data else {},
+        "reference": applicable_reference(config, ways, shots, adapt_steps, test_split, queries, episodes)
+        if own_data
+        else {},
         "selected_on": config.train.select_metric or learner.primary_metric,  # the validation metric
         "trained_on": config.data.dataset,
         "overrides": config.overrides,
@@ -274,6 +287,9 @@ def cross_domain_suite(
         base["args"].setdefault("channels", shape[0])
     if "invert" in fields:  # read the user's images the way `predict` does for this run
         base["args"]["invert"] = bool(getattr(trainer.suite, "inverted_ink", False))
+    # RL on another task family: rollouts as long as the run's (the run's own dataset keeps it too)
+    if suite_cls.problem == "rl" and "horizon" in fields and not same:
+        base["args"]["horizon"] = trainer.suite.args.horizon
     # text on another dataset: encode the sentences as the run's were
     for key in ("encoder", "representation", "max_length"):
         if key in fields and key in (trainer.config.data.args or {}):

@@ -23,7 +23,7 @@ from .config_checks import check_config, check_ranks
 from .data import build_suite
 from .distributed import agreed, check_same_start, held_by_main
 from .distributed import setup as setup_distributed
-from .divergence import DivergedError, check_step, lr_fix, require_finite_weights, save_finite_weights
+from .divergence import NEW_OUT, DivergedError, check_step, lr_fix, require_finite_weights, save_finite_weights
 from .engine import make_engine
 from .errors import FastAdaptError
 from .evaluate import better, evaluate, higher_is_better
@@ -191,8 +191,11 @@ class Trainer:
                 remove_stale_temp_files(self.run_dir)  # left by a killed run; the lock keeps live writers out
             try:
                 return self._fit(stop_after, on_validation, test)
-            except DivergedError:
-                raise  # its message names the folder, kept for a look at what diverged
+            except DivergedError as exc:  # at the first steps, nothing was written to look at
+                if fresh and release_unused_claim(self.run_dir):
+                    cleared = "then re-run (the run folder held nothing yet and was cleared)"
+                    raise DivergedError(str(exc).replace(NEW_OUT, cleared)) from None
+                raise
             except BaseException:
                 if fresh:  # else the corrected command would meet "a run with other settings"
                     release_unused_claim(self.run_dir)

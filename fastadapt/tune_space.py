@@ -179,13 +179,19 @@ def parse_space(raw, text: str, where: str) -> Space:
 def check_space(space: Space, raw_config: dict, overrides: list[str], where: str) -> None:
     """Build the trial config at every bound and choice of every parameter (the others at the
     preset's values): an unknown key or a value the config refuses is one line naming it."""
-    from .config_checks import check_config
+    from .config_checks import check_config, unused_settings
 
     base = list(overrides) + list(space.trial_settings)
     try:
         check_config(config_from_dict(apply_overrides(raw_config, base)))
     except FastAdaptError as exc:
         raise FastAdaptError(f"{where}: trial_settings: {exc}") from None
+    unused = unused_settings(config_from_dict(apply_overrides(raw_config, base)))
+    for param in space.params:  # every trial would be the same run
+        if param.key in unused:
+            raise FastAdaptError(
+                f"{where}: {param.key} is unused by this learner ({unused[param.key]}); search another key"
+            )
     for param in space.params:
         for value in param.corners():
             try:

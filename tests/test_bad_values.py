@@ -335,7 +335,8 @@ def test_finished_run_with_other_settings_is_an_error(tmp_path):
     "option,value,message",
     [
         ("--ways", "0", "--ways must be an integer >= 2, got 0"),
-        ("--episodes", "0", "--episodes must be an integer >= 1, got 0"),
+        ("--episodes", "0", "--episodes must be an integer >= 2 (a 95% CI needs two), got 0"),
+        ("--episodes", "1", "--episodes must be an integer >= 2 (a 95% CI needs two), got 1"),
         ("--shots", "-1", "--shots must be an integer >= 1, got -1"),
         ("--queries", "0", "--queries must be an integer >= 1, got 0"),
         ("--seed", "-1", "--seed must be an integer in 0..4294967294, got -1"),

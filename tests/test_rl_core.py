@@ -204,6 +204,8 @@ def test_paper_split_is_the_maml_authors_forty_test_goals():
     assert tasks[0].seed != suite.fixed_set("paper", None, 20, 20, 1, 99).tasks[0].seed  # the seed moves rollouts
     with pytest.raises(FastAdaptError, match=r"at most 40 tasks \(--episodes 40\), got 41"):
         suite.fixed_set("paper", None, 20, 20, 41, 1234)
+    with pytest.raises(FastAdaptError, match="at most 40 tasks"):  # the test after training: checked before it
+        build_suite(load_config("maml-trpo-point2d", ["data.test_split=paper", "eval.episodes=50"])).check()
     for key, use in (("train_split", "train"), ("val_split", "val")):  # never trained or selected on
         with pytest.raises(FastAdaptError, match=f"data.{key}: 'paper' .* for testing only .*; use {use}"):
             build_suite(load_config("maml-trpo-point2d", [f"data.{key}=paper"])).check()

@@ -123,6 +123,7 @@ def test_meta_world_test_tasks_are_never_trained_or_selected_on_and_env_names_ar
             suite = build_suite(load_config(preset, [f"data.{key}=test"]))
             with pytest.raises(FastAdaptError, match=f"data.{key}: 'test' is {what}.*for testing only.*{fix}"):
                 suite.check()
-    suite = build_suite(load_config("maml-trpo-ml1-reach", ["data.args.env_name=reach"]))
     with pytest.raises(FastAdaptError, match="no ML1 environment 'reach'; did you mean reach-v3\\? valid: assembly-v3"):
-        suite.check()
+        build_suite(load_config("maml-trpo-ml1-reach", ["data.args.env_name=reach"]))
+    with pytest.raises(FastAdaptError, match=r"data.args.benchmark_seed must be in 0..4294967295, got 4294967296"):
+        build_suite(load_config("maml-trpo-ml10", ["data.args.benchmark_seed=4294967296"]))

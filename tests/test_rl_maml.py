@@ -178,6 +178,13 @@ def test_tiny_meta_rl_run_resumes_exactly_and_reports_every_adaptation_step(tmp_
     assert "| 4 (tested: 2) | " in rl_table(records).splitlines()[2]
     rl_plot(records, tmp_path / "rl.png")
     assert (tmp_path / "rl.png").read_bytes().startswith(b"\x89PNG")
+    # an RL run adapts from rollouts: the labelled-inputs API and `predict` refuse it in one line
+    import fastadapt
+    from fastadapt.cli import main
+
+    with pytest.raises(FastAdaptError, match="is an RL run: it adapts from rollouts in its environments"):
+        fastadapt.load(tmp_path / "a")
+    assert main(["predict", str(tmp_path / "a"), "--support", "s.csv", "--query", "q.csv"]) == 2
 
 
 def test_rl_datasets_need_rl_learners_and_back(tmp_path):
@@ -464,6 +471,8 @@ def test_a_diverged_trpo_run_names_the_trust_region_not_an_lr(tmp_path):
     with pytest.raises(DivergedError, match=r"lower learner.args.max_kl \(now 0.01\) or learner.args.inner_lr") as err:
         Trainer(config, tmp_path / "run", quiet=True).fit()
     assert "train.lr" not in str(err.value)
+    # diverged at step 1: nothing was written, so no folder is left to refuse the corrected command
+    assert "the run folder held nothing yet and was cleared" in str(err.value) and not (tmp_path / "run").exists()
     adam = load_config("maml-trpo-point2d", [*TINY, "data.args.goal_high=1e300", "learner.args.outer=adam"])
     with pytest.raises(DivergedError, match=r"lower train.lr \(now 0.001\) or learner.args.inner_lr"):
         Trainer(adam, tmp_path / "adam", quiet=True).fit()
@@ -485,3 +494,25 @@ def test_results_rows_show_meta_world_success_and_the_family_trained_on():
     )
     assert "cheetah-vel meta-RL, 10 rollouts/step, 1 step, trained on cheetah-dir (50 ep.)" in other
     assert "success" not in other
+
+
+def test_settings_an_outer_loop_never_reads_warn_and_cannot_be_searched(tmp_path):
+    import warnings
+
+    from fastadapt.config import load_raw
+    from fastadapt.config_checks import check_config
+    from fastadapt.tune_space import check_space, load_space
+
+    with pytest.warns(UserWarning, match=r"train.lr is unused by learner maml-rl here \(outer: trpo steps by"):
+        check_config(load_config("maml-trpo-point2d", ["train.lr=0.5"]))
+    with pytest.warns(UserWarning, match=r"learner.args.max_kl is unused by learner maml-rl here \(TRPO's, and outer"):
+        check_config(load_config("maml-trpo-point2d", ["learner.args.outer=adam", "learner.args.max_kl=0.02"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_config(load_config("maml-trpo-point2d", ["learner.args.max_kl=0.02"]))  # TRPO's: read, no warning
+        check_config(load_config("maml-trpo-point2d"))  # a preset's own keys are never warned about
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  train.lr: {low: 0.0001, high: 0.01, log: true}\n")
+    with pytest.raises(FastAdaptError, match="train.lr is unused by this learner .outer: trpo steps by"):
+        check_space(load_space(space), load_raw("maml-trpo-point2d"), [], str(space))
+    check_space(load_space(space), load_raw("maml-trpo-point2d"), ["learner.args.outer=adam"], str(space))

@@ -127,7 +127,11 @@ def test_tiny_maml_trpo_run_on_ml10_end_to_end(tmp_path):
     shown = f"{100 * steps['success_rate_after_1']['mean']:.1f} ± {100 * steps['success_rate_after_1']['ci95']:.1f}"
     assert table[2].endswith(f"| {shown} |") and "ml10" in table[2]
     full = load_config("maml-trpo-ml10")
-    assert applicable_reference(full, None, 10)["success_rate_after_1"] == 0.316
+    assert applicable_reference(full, None, 10, queries=10, episodes=50)["success_rate_after_1"] == 0.316
+    # fewer than the 5 test environments, or unequal weights: another measurement, no paper figure
+    assert applicable_reference(full, None, 10, queries=10, episodes=3) == {}
+    assert applicable_reference(full, None, 10, queries=10, episodes=52) == {}
+    assert applicable_reference(full, None, 10, queries=3, episodes=50) == {}
 
 
 def test_the_instance_pool_is_bounded_and_never_drops_the_current_batchs(monkeypatch):

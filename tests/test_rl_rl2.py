@@ -125,3 +125,12 @@ def test_meta_world_success_is_recorded_per_episode_and_reset_with_each_episode(
     assert [metrics[f"success_rate_after_{k}"] for k in (0, 1)] == prediction[1].tolist()
     point, tasks = _learner_and_tasks()
     assert point.run_trials(tasks, 2, "t").episode_success.isnan().all()
+
+
+def test_rl2_needs_an_mlp_backbone_for_its_sizes(tmp_path):
+    from fastadapt.errors import FastAdaptError
+
+    config = load_config("rl2-point2d", ["model.backbone=raw-input", "model.backbone_args={}"])
+    with pytest.raises(FastAdaptError, match="rl2 reads its observation and action sizes from an mlp backbone"):
+        Trainer(config, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

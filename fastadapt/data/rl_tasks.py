@@ -162,15 +162,23 @@ class Point2DNavSuite(RLSuite):
         """The MAML authors' test goals, (40, 2): the legacy global generator seeded 1, as their script."""
         return np.random.RandomState(1).uniform(-0.5, 0.5, size=(cls.PAPER_GOALS, 2))
 
-    def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
-        if split != "paper":
-            return super().fixed_set(split, ways, shots, queries, episodes, seed)
+    def check(self) -> None:
+        super().check()
+        if self.config.data.test_split == "paper":  # the test after training: its size checked before
+            self._require_paper_size(self.config.eval.episodes)
+
+    def _require_paper_size(self, episodes: int) -> None:
         if episodes > self.PAPER_GOALS:
             raise FastAdaptError(
                 f"split 'paper' holds the MAML authors' {self.PAPER_GOALS} test goals; ask for at most "
                 f"{self.PAPER_GOALS} tasks (--episodes {self.PAPER_GOALS}), got {episodes} (--episodes, "
                 f"or the run's eval.episodes)"
             )
+
+    def fixed_set(self, split: str, ways, shots: int, queries: int, episodes: int, seed: int) -> FixedRLTasks:
+        if split != "paper":
+            return super().fixed_set(split, ways, shots, queries, episodes, seed)
+        self._require_paper_size(episodes)
         stream = seed + 4_000_037  # the rollouts' seeds: apart from every other split's
         goals = self.paper_goals()[:episodes]
         return FixedRLTasks([self.task_with(goal, stream, i, shots, queries) for i, goal in enumerate(goals)], seed)
@@ -228,8 +236,8 @@ class MetaWorldArgs:
     def __post_init__(self):
         if not 1 <= self.horizon <= 500:
             raise FastAdaptError(f"data.args.horizon must be in 1..500 (Meta-World's limit), got {self.horizon}")
-        if self.benchmark_seed < 0:
-            raise FastAdaptError(f"data.args.benchmark_seed must be >= 0, got {self.benchmark_seed}")
+        if not 0 <= self.benchmark_seed <= 2**32 - 1:  # Meta-World seeds numpy's legacy generator
+            raise FastAdaptError(f"data.args.benchmark_seed must be in 0..4294967295, got {self.benchmark_seed}")
 
 
 @DATASETS.register("ml1")
@@ -248,17 +256,19 @@ class ML1Suite(RLSuite):
     class Args(MetaWorldArgs):
         env_name: str = "reach-v3"  # the ML1 environment (reach-v3, push-v3, pick-place-v3, ...)
 
-    def check(self) -> None:
-        super().check()
-        import metaworld  # present: checked above
+        def __post_init__(self):
+            super().__post_init__()
+            if importlib.util.find_spec("metaworld") is None:
+                return  # the suite's check says how to install it
+            import metaworld  # about 0.6 s, for ML1 configs only: a bad name fails before training or testing
 
-        names = sorted(metaworld.ML1.ENV_NAMES)
-        if self.args.env_name not in names:
-            close = difflib.get_close_matches(self.args.env_name, names, n=3)
-            raise FastAdaptError(
-                f"data.args.env_name: Meta-World has no ML1 environment {self.args.env_name!r}; "
-                f"{f'did you mean {close[0]}? ' if close else ''}valid: {', '.join(names)}"
-            )
+            names = sorted(metaworld.ML1.ENV_NAMES)
+            if self.env_name not in names:
+                close = difflib.get_close_matches(self.env_name, names, n=1)
+                raise FastAdaptError(
+                    f"data.args.env_name: Meta-World has no ML1 environment {self.env_name!r}; "
+                    f"{f'did you mean {close[0]}? ' if close else ''}valid: {', '.join(names)}"
+                )
 
     def env_args(self):
         return (("benchmark_seed", int(self.args.benchmark_seed)), ("env_name", self.args.env_name))

@@ -154,6 +154,24 @@ class MAMLRL(Learner):
         penalty = " and learner.args.inner_kl_penalty=0" if args.inner_kl_penalty else ""  # ProMP's is PPO's
         return single_process_message(args.outer) + penalty
 
+    @classmethod
+    def unused_settings(cls, args) -> dict[str, str]:
+        """Settings this outer loop never reads, each with why (check_config warns when one is set;
+        `fastadapt tune` refuses to search one: its trials would all be the same run)."""
+        unused: dict[str, str] = {}
+        if args.outer in ("trpo", "none"):
+            why = "outer: trpo steps by learner.args.max_kl" if args.outer == "trpo" else "outer: none takes no step"
+            for key in ("train.optimizer", "train.lr", "train.momentum", "train.lr_schedule", "train.lr_min"):
+                unused[key] = why
+            unused.update({"train.lr_step": why, "train.lr_gamma": why})
+        if args.outer != "trpo":
+            for key in ("max_kl", "cg_iters", "cg_damping", "backtrack_ratio", "max_backtracks"):
+                unused[f"learner.args.{key}"] = f"TRPO's, and outer is {args.outer}"
+        if args.outer != "ppo":
+            for key in ("ppo_epochs", "clip"):
+                unused[f"learner.args.{key}"] = f"PPO's, and outer is {args.outer}"
+        return unused
+
     def divergence_fix(self, lr: float) -> str:
         """What a divergence message says to change (TRPO's step is set by max_kl, not an lr)."""
         a = self.args

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...errors import FastAdaptError
 from ...registry import LEARNERS
 from ...rl.envs import RLTask, derive_seed, make_env
 from ...rl.objectives import masked_task_mean
@@ -84,9 +85,19 @@ class RL2(Learner):
         self.log_std = nn.Parameter(torch.full((action_dim,), math.log(args.init_std)))
 
     @classmethod
+    def unused_settings(cls, args) -> dict[str, str]:
+        """Settings RL² never reads (see fastadapt.config_checks.unused_settings)."""
+        return {"model.backbone_args.hidden": "the policy is the GRU, learner.args.hidden; the mlp gives only sizes"}
+
+    @classmethod
     def build(cls, backbone: nn.Module, ways: int | None, **kwargs) -> RL2:
         """The GRU policy's sizes from the backbone's input and output widths (its layers are not used)."""
-        first = next(m for m in backbone.modules() if isinstance(m, nn.Linear))
+        first = next((m for m in backbone.modules() if isinstance(m, nn.Linear)), None)
+        if first is None:
+            raise FastAdaptError(
+                f"rl2 reads its observation and action sizes from an mlp backbone; {type(backbone).__name__} has "
+                f"no linear layer: set model.backbone=mlp"
+            )
         return cls(first.in_features, int(backbone.embedding_dim), **kwargs)
 
     @property
