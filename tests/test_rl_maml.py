@@ -461,6 +461,14 @@ def test_eval_on_another_task_family_checks_the_split_then_the_observation_size(
         assert main(["eval", str(run), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and "image_size" not in err, err
+    # a family with the same observations keeps the run's rollout length unless the eval sets one
+    cheetah = tmp_path / "cheetah"
+    tiny = [*TINY, "train.steps=1", "data.dataset=cheetah-dir", "data.args={horizon: 5}", "eval.episodes=2"]
+    Trainer(load_config("maml-trpo-point2d", tiny), cheetah, quiet=True).fit()
+    assert main(["eval", str(cheetah), "--data", "cheetah-vel"]) == 0
+    assert main(["eval", str(cheetah), "--data", "cheetah-vel", "--set", "data.args.horizon=4"]) == 0
+    horizons = sorted(json.loads(p.read_text())["data_args"]["horizon"] for p in cheetah.glob("eval-cheetah-vel*.json"))
+    assert horizons == [4, 5]
 
 
 def test_a_diverged_trpo_run_names_the_trust_region_not_an_lr(tmp_path):
