@@ -101,14 +101,12 @@ def check_config(config: Config) -> None:
 
 
 def unused_settings(config: Config, learner_cls=None, learner_args=None) -> dict[str, str]:
-    """{config key: why} for the settings this learner, with these args, never reads (learners
-    say so with a `unused_settings(args)` classmethod; none: every setting is read)."""
+    """{config key: why} for the settings this learner, with these args, never reads
+    (`Learner.unused_settings`)."""
     from .learners.base import parse_args
 
     learner_cls = learner_cls or LEARNERS.get(config.learner.name)
-    if not hasattr(learner_cls, "unused_settings"):
-        return {}
-    if learner_args is None:
+    if learner_args is None and getattr(learner_cls, "Args", None) is not None:
         learner_args = parse_args(learner_cls.Args, config.learner.args)
     return learner_cls.unused_settings(learner_args)
 

@@ -117,7 +117,7 @@ def score_run(
     if ways is not None and learner.problem != "classification":
         kind = "an RL" if learner.problem == "rl" else f"a {learner.problem}"
         raise FastAdaptError(f"{run_dir} is {kind} run: its tasks have no ways; drop --ways")
-    if shots is not None and getattr(learner, "no_support", False):
+    if shots is not None and learner.no_support:
         raise FastAdaptError(
             f"{config.learner.name} adapts within its trials, with no support rollouts: drop --shots (--queries "
             f"sets the trials per task, now {config.eval.queries})"

@@ -23,7 +23,7 @@ from .config_checks import check_config, check_ranks
 from .data import build_suite
 from .distributed import agreed, check_same_start, held_by_main
 from .distributed import setup as setup_distributed
-from .divergence import NEW_OUT, DivergedError, check_step, lr_fix, require_finite_weights, save_finite_weights
+from .divergence import NEW_OUT, DivergedError, check_step, require_finite_weights, save_finite_weights
 from .engine import make_engine
 from .errors import FastAdaptError
 from .evaluate import better, evaluate, higher_is_better
@@ -256,8 +256,7 @@ class Trainer:
             f"{cfg.steps} steps x {cfg.meta_batch} tasks, engine={engine.name}, device={self.device}"
         )
         started = time.perf_counter() - self.state["elapsed"]
-        # what a divergence message tells the user to change: the outer lr, unless the learner says
-        fix = self.learner.divergence_fix(cfg.lr) if hasattr(self.learner, "divergence_fix") else lr_fix(cfg.lr)
+        fix = self.learner.divergence_fix(cfg.lr)  # what a divergence message tells the user to change
         self.learner.train()
         try:
             with Progress(cfg.steps, self.state["step"], enabled=not self.quiet) as progress:

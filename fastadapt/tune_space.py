@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -182,22 +183,24 @@ def check_space(space: Space, raw_config: dict, overrides: list[str], where: str
     from .config_checks import check_config, unused_settings
 
     base = list(overrides) + list(space.trial_settings)
-    try:
-        check_config(config_from_dict(apply_overrides(raw_config, base)))
-    except FastAdaptError as exc:
-        raise FastAdaptError(f"{where}: trial_settings: {exc}") from None
-    unused = unused_settings(config_from_dict(apply_overrides(raw_config, base)))
-    for param in space.params:  # every trial would be the same run
-        if param.key in unused:
-            raise FastAdaptError(
-                f"{where}: {param.key} is unused by this learner ({unused[param.key]}); search another key"
-            )
-    for param in space.params:
-        for value in param.corners():
-            try:
-                check_config(config_from_dict(apply_overrides(raw_config, [*base, override(param.key, value)])))
-            except FastAdaptError as exc:
-                raise FastAdaptError(f"{where}: {param.key} = {value!r}: {exc}") from None
+    with warnings.catch_warnings():  # settings a trial leaves unused: refused below, or warned per trial
+        warnings.simplefilter("ignore")
+        try:
+            variants = [config_from_dict(apply_overrides(raw_config, base))]
+            check_config(variants[0])
+        except FastAdaptError as exc:
+            raise FastAdaptError(f"{where}: trial_settings: {exc}") from None
+        for param in space.params:
+            for value in param.corners():
+                try:
+                    variants.append(config_from_dict(apply_overrides(raw_config, [*base, override(param.key, value)])))
+                    check_config(variants[-1])
+                except FastAdaptError as exc:
+                    raise FastAdaptError(f"{where}: {param.key} = {value!r}: {exc}") from None
+    for param in space.params:  # a key no trial reads (e.g. train.lr under TRPO): every trial the same run
+        reasons = [unused_settings(variant).get(param.key) for variant in variants]
+        if all(reasons):
+            raise FastAdaptError(f"{where}: {param.key} is unused by this learner ({reasons[0]}); search another key")
 
 
 def preset_values(space: Space, raw_config: dict, overrides: list[str]) -> dict | None:

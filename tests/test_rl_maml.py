@@ -524,3 +524,6 @@ def test_settings_an_outer_loop_never_reads_warn_and_cannot_be_searched(tmp_path
     with pytest.raises(FastAdaptError, match="train.lr is unused by this learner .outer: trpo steps by"):
         check_space(load_space(space), load_raw("maml-trpo-point2d"), [], str(space))
     check_space(load_space(space), load_raw("maml-trpo-point2d"), ["learner.args.outer=adam"], str(space))
+    both = tmp_path / "both.yaml"  # some trials read it (outer: adam): searchable
+    both.write_text(space.read_text() + "  learner.args.outer: {choices: [trpo, adam]}\n")
+    check_space(load_space(both), load_raw("maml-trpo-point2d"), [], str(both))

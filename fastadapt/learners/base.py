@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.episode import Episode
+from ..divergence import lr_fix
 from ..errors import FastAdaptError
 from ..models import parse_settings
 
@@ -103,6 +104,21 @@ class Learner(nn.Module, metaclass=abc.ABCMeta):
         change, or None. Checked before any rank starts (`fastadapt.config_checks.check_ranks`): a
         custom outer update that needs the whole meta-batch (TRPO, PPO) returns a reason."""
         return None
+
+    #: True for learners that read no support set and adapt within their own rollouts (RL²'s
+    #: trials): `fastadapt eval --shots` is refused for them.
+    no_support: bool = False
+
+    @classmethod
+    def unused_settings(cls, args) -> dict[str, str]:
+        """{config key: why} for the settings this learner with these `args` never reads (e.g.
+        train.lr under MAML-RL's TRPO outer step): check_config warns when the user sets one, and
+        `fastadapt tune` refuses to search one. Default: none."""
+        return {}
+
+    def divergence_fix(self, lr: float) -> str:
+        """What the divergence message tells the user to change (`lr`: train.lr). Default: the lr."""
+        return lr_fix(lr)
 
     @classmethod
     def selectable_metrics(cls, args) -> tuple[str, ...]:

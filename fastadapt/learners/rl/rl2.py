@@ -56,7 +56,7 @@ class RL2(Learner):
 
     problem = "rl"
     needs_head = True  # the backbone's input and output widths give the observation and action sizes
-    no_support = True  # it adapts within its trials (`queries` of them), from no support rollouts: shots unused
+    no_support = True  # it adapts within its trials (`queries` of them): shots are unused
 
     @dataclass
     class Args:
