@@ -158,18 +158,18 @@ class MAMLRL(Learner):
     def unused_settings(cls, args) -> dict[str, str]:
         """Settings this outer loop never reads, each with why (check_config warns when one is set;
         `fastadapt tune` refuses to search one: its trials would all be the same run)."""
+        optimiser = ("optimizer", "lr", "momentum", "lr_schedule", "lr_min", "lr_step", "lr_gamma")
+        trpo = ("max_kl", "cg_iters", "cg_damping", "backtrack_ratio", "max_backtracks")
         unused: dict[str, str] = {}
-        if args.outer in ("trpo", "none"):
+        if args.outer in ("trpo", "none"):  # no step of the trainer's optimiser
             why = "outer: trpo steps by learner.args.max_kl" if args.outer == "trpo" else "outer: none takes no step"
-            for key in ("train.optimizer", "train.lr", "train.momentum", "train.lr_schedule", "train.lr_min"):
-                unused[key] = why
-            unused.update({"train.lr_step": why, "train.lr_gamma": why})
+            unused.update({f"train.{key}": why for key in optimiser})
         if args.outer != "trpo":
-            for key in ("max_kl", "cg_iters", "cg_damping", "backtrack_ratio", "max_backtracks"):
-                unused[f"learner.args.{key}"] = f"TRPO's, and outer is {args.outer}"
+            unused.update({f"learner.args.{key}": f"TRPO's, and outer is {args.outer}" for key in trpo})
         if args.outer != "ppo":
-            for key in ("ppo_epochs", "clip"):
-                unused[f"learner.args.{key}"] = f"PPO's, and outer is {args.outer}"
+            unused.update(
+                {f"learner.args.{key}": f"PPO's, and outer is {args.outer}" for key in ("ppo_epochs", "clip")}
+            )
         return unused
 
     def divergence_fix(self, lr: float) -> str:
